@@ -1,0 +1,55 @@
+"""Stops the run when ExampleValidator found anomalies.
+
+ExampleValidator only records anomalies; nothing downstream reads them. Training on data
+that does not match the schema (missing images, wrong label values, new feature types)
+silently produces a bad model, so this gate turns recorded anomalies into a failed run.
+"""
+
+import json
+import os
+from typing import Dict, List
+
+from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import artifact_utils
+from tfx.utils import anomalies_util
+
+REPORT_FILE = "anomalies_summary.json"
+
+
+class AnomaliesCheck(tfx.types.Artifact):
+    """Per-split anomaly summary: written by the gate when it passes."""
+
+    TYPE_NAME = "AnomaliesCheck"
+
+
+def anomalies_by_split(anomalies: tfx.types.Artifact) -> Dict[str, List[str]]:
+    """Returns {split: ["feature: description", ...]} for every split with anomalies."""
+    found: Dict[str, List[str]] = {}
+    for split in artifact_utils.decode_split_names(anomalies.split_names):
+        split_uri = artifact_utils.get_split_uri([anomalies], split)
+        proto = anomalies_util.load_anomalies_binary(os.path.join(split_uri, "SchemaDiff.pb"))
+        problems = [
+            f"{name}: {info.short_description or info.description}"
+            for name, info in sorted(proto.anomaly_info.items())
+        ]
+        if proto.HasField("dataset_anomaly_info"):
+            problems.append(f"<dataset>: {proto.dataset_anomaly_info.description}")
+        if problems:
+            found[split] = problems
+    return found
+
+
+@component
+def AnomaliesGate(
+    anomalies: InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
+    check: OutputArtifact[AnomaliesCheck],
+) -> None:
+    """Raises, listing every anomaly per split, when ExampleValidator reported any."""
+    found = anomalies_by_split(anomalies)
+    if found:
+        detail = " | ".join(f"{split}: {'; '.join(items)}" for split, items in found.items())
+        raise RuntimeError(f"Data anomalies against the schema, run stopped: {detail}")
+    with tfx.dsl.io.fileio.open(os.path.join(check.uri, REPORT_FILE), "w") as f:
+        f.write(json.dumps({"anomalies": {}}, indent=2))

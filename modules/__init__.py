@@ -1,0 +1,1 @@
+"""Module files for TFX components (one folder each) and the facts they share."""

@@ -1,0 +1,1 @@
+"""TFX pipeline definition shared by the local and Kubeflow runners."""

@@ -1,0 +1,176 @@
+"""The TFX pipeline: images already preprocessed into spans -> a pushed, blessed model.
+
+One ``create_pipeline`` serves the local runner and the Kubeflow runners; they differ only
+in paths, Beam options and the metadata connection.
+"""
+
+from typing import Any, Dict, List, Optional
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from tfx.proto import example_gen_pb2
+
+from components.anomalies_gate import AnomaliesGate
+from components.patient_leakage_gate import PatientLeakageGate
+from modules import features
+
+
+def _split_input_config() -> example_gen_pb2.Input:
+    """Reads the latest span's split folders as written by ``preprocessing`` (no re-hashing)."""
+    return example_gen_pb2.Input(
+        splits=[
+            example_gen_pb2.Input.Split(name=split, pattern=f"span-{{SPAN}}/{split}/*")
+            for split in features.SPLITS
+        ]
+    )
+
+
+def _module_kwargs(module: str, function_arg: str, function_name: str) -> Dict[str, str]:
+    """A ``.py`` path becomes ``module_file`` (local); a dotted path names the function in the image."""
+    if module.endswith(".py"):
+        return {"module_file": module}
+    return {function_arg: f"{module}.{function_name}"}
+
+
+def create_eval_config(min_auc: float, max_auc_drop: float) -> tfma.EvalConfig:
+    """Blessing = AUC above a floor and not worse than the last blessed model's AUC."""
+    return tfma.EvalConfig(
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name="serving_default",
+                label_key=features.LABEL_KEY,
+                preprocessing_function_names=["transform_features"],
+            )
+        ],
+        slicing_specs=[
+            tfma.SlicingSpec(),
+            tfma.SlicingSpec(feature_keys=[features.MAGNIFICATION_KEY]),
+            tfma.SlicingSpec(feature_keys=[features.SUBTYPE_KEY]),
+        ],
+        metrics_specs=[
+            tfma.MetricsSpec(
+                metrics=[
+                    tfma.MetricConfig(class_name="ExampleCount"),
+                    tfma.MetricConfig(class_name="BinaryAccuracy"),
+                    tfma.MetricConfig(class_name="Precision"),
+                    tfma.MetricConfig(class_name="Recall"),
+                    tfma.MetricConfig(class_name="AUC", config='"name": "auc_pr", "curve": "PR"'),
+                    tfma.MetricConfig(
+                        class_name="AUC",
+                        threshold=tfma.MetricThreshold(
+                            value_threshold=tfma.GenericValueThreshold(
+                                lower_bound={"value": min_auc}
+                            ),
+                            change_threshold=tfma.GenericChangeThreshold(
+                                direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                                absolute={"value": -max_auc_drop - 1e-10},
+                            ),
+                        ),
+                    ),
+                ]
+            )
+        ],
+    )
+
+
+def create_pipeline(
+    *,
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    transform_module: str,
+    trainer_module: str,
+    serving_model_dir: str,
+    image_size: int,
+    trainer_config: Dict[str, Any],
+    train_steps: int,
+    eval_steps: int,
+    min_auc: float,
+    max_auc_drop: float,
+    eval_split: str = features.TEST_SPLIT,
+    beam_pipeline_args: Optional[List[str]] = None,
+    metadata_connection_config: Optional[Any] = None,
+    enable_cache: bool = True,
+) -> tfx.dsl.Pipeline:
+    """Lists the components in order; see the README for what each one guards."""
+    components = []
+
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=data_root, input_config=_split_input_config()
+    )
+    components.append(example_gen)
+
+    leakage_gate = PatientLeakageGate(examples=example_gen.outputs["examples"])
+    components.append(leakage_gate)
+
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    components.append(statistics_gen)
+
+    schema_gen = tfx.components.SchemaGen(
+        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True
+    )
+    components.append(schema_gen)
+
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    )
+    components.append(example_validator)
+
+    anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+    components.append(anomalies_gate)
+
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        custom_config={"image_size": image_size},
+        **_module_kwargs(transform_module, "preprocessing_fn", "preprocessing_fn"),
+    )
+    # Data gates must pass before any expensive work starts.
+    transform.add_upstream_node(leakage_gate)
+    transform.add_upstream_node(anomalies_gate)
+    components.append(transform)
+
+    trainer = tfx.components.Trainer(
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+        custom_config={**trainer_config, "image_size": image_size},
+        **_module_kwargs(trainer_module, "run_fn", "run_fn"),
+    )
+    components.append(trainer)
+
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    components.append(model_resolver)
+
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs["model"],
+        example_splits=[eval_split],
+        eval_config=create_eval_config(min_auc, max_auc_drop),
+    )
+    components.append(evaluator)
+
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
+        ),
+    )
+    components.append(pusher)
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=components,
+        enable_cache=enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args or [],
+    )

@@ -1,0 +1,217 @@
+"""The Beam pipeline that turns discovered image records into one new span.
+
+Layout of the output root (what ImportExampleGen reads with ``span-{SPAN}/<split>/*``)::
+
+    span-1/train/data-00000-of-00002.tfrecord.gz
+    span-1/eval/...   span-1/test/...
+    span-1/rejects.csv  span-1/summary.json
+
+A span is written under a temporary name and renamed only when complete and accepted, so
+an interrupted or rejected run never leaves a half-written span behind.
+"""
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from modules import features
+from preprocessing import splits
+from preprocessing.examples import to_example
+from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, BadImage, load_image
+from preprocessing.layouts import ImageRecord, Reject
+
+REJECTS_TAG = "rejects"
+REJECTS_FILE = "rejects.csv"
+SUMMARY_FILE = "summary.json"
+PROGRESS_EVERY = 100
+_SPAN_DIR = re.compile(r"^span-(\d+)$")
+
+logger = logging.getLogger(__name__)
+
+
+class PreprocessingError(RuntimeError):
+    """The run produced no acceptable span; the message says why and where the report is."""
+
+
+def csv_line(*values: str) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(values)
+    return buffer.getvalue()
+
+
+class EncodeExample(beam.DoFn):
+    """Reads and validates one image; emits (split, serialized Example) or a reject line."""
+
+    def __init__(self, min_side: int, max_pixels: int):
+        self._min_side = min_side
+        self._max_pixels = max_pixels
+        self._done = beam.metrics.Metrics.counter("preprocessing", "images_written")
+        self._rejected = beam.metrics.Metrics.counter("preprocessing", "images_rejected")
+        self._seen = 0
+
+    def process(self, element) -> Iterator:
+        split, record = element
+        self._seen += 1
+        if self._seen % PROGRESS_EVERY == 0:
+            logger.info("worker %d: %d images processed", os.getpid(), self._seen)
+        try:
+            with FileSystems.open(record.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                data = f.read()
+            image = load_image(data, self._min_side, self._max_pixels)
+        except (BadImage, OSError) as err:
+            self._rejected.inc()
+            yield beam.pvalue.TaggedOutput(REJECTS_TAG, csv_line(record.source, str(err)))
+            return
+        self._done.inc()
+        yield split, to_example(record, image).SerializeToString()
+
+
+def next_span(output_root: str) -> int:
+    existing = [
+        int(m.group(1))
+        for name in (os.listdir(output_root) if os.path.isdir(output_root) else [])
+        if (m := _SPAN_DIR.match(name))
+    ]
+    return max(existing, default=0) + 1
+
+
+def default_beam_args(beam_args: Sequence[str]) -> List[str]:
+    """Both cores on the DirectRunner unless the caller chose a runner or worker count."""
+    args = list(beam_args)
+    if not any(a.startswith("--runner") for a in args) and not any(
+        a.startswith("--direct_num_workers") for a in args
+    ):
+        args += ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+    return args
+
+
+def run_beam(
+    assigned: List[tuple],
+    workdir: str,
+    beam_args: Sequence[str],
+    min_side: int,
+    max_pixels: int,
+) -> Dict[str, int]:
+    """Writes every split's shards and the rejects CSV under workdir; returns Beam counters."""
+    options = PipelineOptions(default_beam_args(beam_args))
+    with beam.Pipeline(options=options) as pipeline:
+        results = (
+            pipeline
+            | "ListImages" >> beam.Create(assigned, reshuffle=True)
+            | "ReadValidateEncode"
+            >> beam.ParDo(EncodeExample(min_side, max_pixels)).with_outputs(
+                REJECTS_TAG, main="examples"
+            )
+        )
+        for split in features.SPLITS:
+            _ = (
+                results.examples
+                | f"Keep_{split}" >> beam.Filter(lambda kv, s=split: kv[0] == s)
+                | f"Values_{split}" >> beam.Values()
+                | f"Write_{split}"
+                >> beam.io.WriteToTFRecord(
+                    os.path.join(workdir, split, "data"),
+                    file_name_suffix=".tfrecord.gz",
+                    compression_type=CompressionTypes.GZIP,
+                )
+            )
+        _ = results[REJECTS_TAG] | "WriteRejects" >> beam.io.WriteToText(
+            os.path.join(workdir, "beam-rejects"), file_name_suffix=".csv"
+        )
+    counters = pipeline.result.metrics().query()["counters"]
+    return {c.key.metric.name: c.committed or c.attempted or 0 for c in counters}
+
+
+def read_beam_rejects(workdir: str) -> List[Reject]:
+    rejects = []
+    for path in sorted(FileSystems.match([os.path.join(workdir, "beam-rejects*")])[0].metadata_list):
+        with open(path.path, newline="", encoding="utf-8") as f:
+            rejects.extend(Reject(row[0], row[1]) for row in csv.reader(f) if row)
+        os.remove(path.path)
+    return rejects
+
+
+def write_reports(workdir: str, rejects: List[Reject], summary: Dict) -> None:
+    with open(os.path.join(workdir, REJECTS_FILE), "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["source", "reason"])
+        writer.writerows((r.source, r.reason) for r in sorted(rejects, key=lambda r: r.source))
+    with open(os.path.join(workdir, SUMMARY_FILE), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+
+
+def preprocess(
+    records: List[ImageRecord],
+    discovery_rejects: List[Reject],
+    output_root: str,
+    ratios: Sequence[float],
+    salt: str = "",
+    max_reject_fraction: float = 0.05,
+    beam_args: Sequence[str] = (),
+    min_side: int = DEFAULT_MIN_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    span: Optional[int] = None,
+) -> Dict:
+    """Runs the job and publishes ``span-N`` atomically; returns the summary written with it."""
+    os.makedirs(output_root, exist_ok=True)
+    span = span or next_span(output_root)
+    final_dir = os.path.join(output_root, f"span-{span}")
+    if os.path.exists(final_dir):
+        raise PreprocessingError(f"{final_dir} exists already; spans are never overwritten")
+    workdir = os.path.join(output_root, f".tmp-span-{span}-{uuid.uuid4().hex[:8]}")
+    assigned = [(splits.split_for_patient(r.patient_id, ratios, salt), r) for r in records]
+    started = time.time()
+    try:
+        os.makedirs(workdir)
+        counters = run_beam(assigned, workdir, beam_args, min_side, max_pixels) if assigned else {}
+        rejects = discovery_rejects + read_beam_rejects(workdir)
+        rejected = {r.source for r in rejects}
+        kept = [(s, r.patient_id, r.label) for s, r in assigned if r.source not in rejected]
+        total = len(records) + len(discovery_rejects)
+        summary = {
+            "span": span,
+            "seconds": round(time.time() - started, 2),
+            "images_found": total,
+            "images_written": len(kept),
+            "images_rejected": len(rejects),
+            "beam_counters": counters,
+            "split_ratios": list(ratios),
+            "split_salt": salt,
+            "splits": splits.summarize(kept),
+        }
+        summary["warnings"] = splits.class_warnings(summary["splits"])
+        write_reports(workdir, rejects, summary)
+        fraction = len(rejects) / total if total else 1.0
+        problem = None
+        if not kept:
+            problem = f"no valid images left ({len(rejects)} rejected of {total} found)"
+        elif fraction > max_reject_fraction:
+            problem = (
+                f"{len(rejects)} of {total} images rejected ({fraction:.1%}), above the "
+                f"threshold of {max_reject_fraction:.1%}"
+            )
+        if problem:
+            failed_dir = os.path.join(output_root, "failed", f"span-{span}-{int(time.time())}")
+            os.makedirs(failed_dir)
+            for name in (REJECTS_FILE, SUMMARY_FILE):
+                shutil.move(os.path.join(workdir, name), os.path.join(failed_dir, name))
+            raise PreprocessingError(
+                f"{problem}; no span written. Rejects report: {failed_dir}/{REJECTS_FILE}"
+            )
+        os.rename(workdir, final_dir)
+        summary["span_dir"] = final_dir
+        return summary
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,74 @@
+"""``histo-preprocess`` / ``python -m preprocessing``: an image tree -> a new TFRecord span.
+
+Unknown arguments are Beam pipeline options, so the same command runs on Dataflow, Flink
+or Spark (``--runner=DataflowRunner --project=... --region=... --temp_location=gs://...``).
+"""
+
+import argparse
+import json
+import logging
+import sys
+from typing import List, Optional
+
+from preprocessing import layouts, splits
+from preprocessing.beam_job import PreprocessingError, preprocess
+from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="histo-preprocess", description=__doc__)
+    parser.add_argument("--input", required=True, help="root folder of the images")
+    parser.add_argument("--output", required=True, help="data root that receives span-N/")
+    parser.add_argument("--layout", choices=layouts.LAYOUTS, default="auto")
+    parser.add_argument("--manifest", help="CSV path,label,patient_id[,magnification,subtype]")
+    parser.add_argument("--split-ratios", default="0.7,0.15,0.15", help="train,eval,test")
+    parser.add_argument("--split-salt", default="", help="change to draw a different split")
+    parser.add_argument("--max-reject-fraction", type=float, default=0.05)
+    parser.add_argument("--min-side", type=int, default=DEFAULT_MIN_SIDE)
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    return parser
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"span {summary['span']}: {summary['images_written']} images written, "
+        f"{summary['images_rejected']} rejected of {summary['images_found']} "
+        f"in {summary['seconds']}s"
+    ]
+    for split, info in summary["splits"].items():
+        per_class = ", ".join(f"{name} {count}" for name, count in info["per_class"].items())
+        lines.append(
+            f"  {split:<5} {info['images']:>6} images {info['patients']:>4} patients ({per_class})"
+        )
+    for warning in summary["warnings"]:
+        lines.append(f"WARNING: {warning}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args, beam_args = build_parser().parse_known_args(argv)
+    try:
+        ratios = splits.parse_ratios(args.split_ratios)
+        records, rejects = layouts.discover(args.input, args.layout, args.manifest)
+        logging.info("found %d images (%d unusable names) under %s", len(records) + len(rejects),
+                     len(rejects), args.input)
+        summary = preprocess(
+            records,
+            rejects,
+            args.output,
+            ratios,
+            salt=args.split_salt,
+            max_reject_fraction=args.max_reject_fraction,
+            beam_args=beam_args,
+            min_side=args.min_side,
+            max_pixels=args.max_pixels,
+        )
+    except (PreprocessingError, ValueError, OSError) as err:
+        print(f"histo-preprocess: error: {err}", file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    for warning in summary["warnings"]:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    print(json.dumps({"span_dir": summary["span_dir"]}))
+    return 0
