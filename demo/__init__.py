@@ -1,0 +1,1 @@
+"""Built-in demo data: synthetic H&E-like tiles that any fresh machine can generate."""

@@ -1,0 +1,89 @@
+"""Runs the pipeline on this machine with LocalDagRunner and SQLite metadata.
+
+    python local_runner.py --data-root outputs/demo/data --output-dir outputs
+
+Paths come from flags (or HISTO_DATA_ROOT / HISTO_OUTPUT_DIR); every other setting from
+``pipeline/configs.py``. Ends by printing the evaluation metrics, the blessing and where
+the model was pushed.
+"""
+
+import argparse
+import logging
+import os
+from typing import List, Optional
+
+from absl import logging as absl_logging
+from tfx import v1 as tfx
+
+from pipeline import configs, pipeline, run_summary
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def module_file(dotted: str) -> str:
+    """configs' dotted module path -> the file TFX packs into its user-code wheel."""
+    return os.path.join(HERE, *dotted.split(".")) + ".py"
+
+
+def trainer_config() -> dict:
+    return {
+        "backbone": configs.BACKBONE,
+        "weights": configs.WEIGHTS,
+        "batch_size": configs.TRAIN_BATCH_SIZE,
+        "epochs_head": configs.EPOCHS_HEAD,
+        "epochs_fine_tune": configs.EPOCHS_FINE_TUNE,
+        "learning_rate": configs.LEARNING_RATE,
+        "fine_tune_learning_rate": configs.FINE_TUNE_LEARNING_RATE,
+        "fine_tune_fraction": configs.FINE_TUNE_FRACTION,
+        "dropout": configs.DROPOUT,
+        "seed": configs.SEED,
+    }
+
+
+def build(data_root: str, output_dir: str) -> tfx.dsl.Pipeline:
+    tfx_root = os.path.join(output_dir, "tfx")
+    return pipeline.create_pipeline(
+        pipeline_name=configs.PIPELINE_NAME,
+        pipeline_root=os.path.join(tfx_root, "pipelines", configs.PIPELINE_NAME),
+        data_root=os.path.abspath(data_root),
+        transform_module=module_file(configs.TRANSFORM_MODULE),
+        trainer_module=module_file(configs.TRAINER_MODULE),
+        serving_model_dir=os.path.join(output_dir, "serving_model", configs.PIPELINE_NAME),
+        image_size=configs.IMAGE_SIZE,
+        trainer_config=trainer_config(),
+        train_steps=configs.TRAIN_NUM_STEPS,
+        eval_steps=configs.EVAL_NUM_STEPS,
+        min_auc=configs.MIN_AUC,
+        max_auc_drop=configs.MAX_AUC_DROP,
+        eval_split=configs.EVAL_SPLIT,
+        beam_pipeline_args=configs.LOCAL_BEAM_PIPELINE_ARGS,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            metadata_path(output_dir)
+        ),
+    )
+
+
+def metadata_path(output_dir: str) -> str:
+    return os.path.join(output_dir, "tfx", "metadata", configs.PIPELINE_NAME, "metadata.db")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-root", default=os.environ.get("HISTO_DATA_ROOT"), required=False)
+    parser.add_argument("--output-dir", default=os.environ.get("HISTO_OUTPUT_DIR", "outputs"))
+    args = parser.parse_args(argv)
+    if not args.data_root:
+        parser.error("--data-root (or HISTO_DATA_ROOT) is required: a folder holding span-N/")
+    absl_logging.set_verbosity(absl_logging.INFO)
+    logging.getLogger().setLevel(logging.INFO)
+    output_dir = os.path.abspath(args.output_dir)
+    tfx.orchestration.LocalDagRunner().run(build(args.data_root, output_dir))
+    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        metadata_path(output_dir)
+    )
+    print(run_summary.format_summary(run_summary.summarize(connection)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""The classifier on top of a backbone, and the freezing rules of two-phase training."""
+
+import tensorflow as tf
+
+from modules import features
+from modules.trainer.backbones import Backbone
+
+
+def build_classifier(backbone: Backbone, image_size: int, dropout: float) -> tf.keras.Model:
+    """Backbone (always run in inference mode, so BatchNorm statistics stay put) + a small head."""
+    inputs = tf.keras.Input((image_size, image_size, 3), name=features.TRANSFORMED_IMAGE_KEY)
+    x = backbone.model(inputs, training=False)
+    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = tf.keras.layers.Dropout(dropout, name="head_dropout")(x)
+    # float32 output even under mixed precision: a sigmoid in float16 saturates.
+    outputs = tf.keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="malignant")(x)
+    return tf.keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
+
+
+def freeze_backbone(backbone: tf.keras.Model) -> None:
+    backbone.trainable = False
+
+
+def unfreeze_top(backbone: tf.keras.Model, fraction: float) -> int:
+    """Makes the top ``fraction`` of the backbone's layers trainable, BatchNorm excepted.
+
+    Returns how many layers now train. BatchNorm layers stay frozen: their moving statistics
+    come from ImageNet and a small histology batch would wreck them.
+    """
+    backbone.trainable = True
+    layers = backbone.layers
+    first = int(round(len(layers) * (1.0 - fraction)))
+    trainable = 0
+    for index, layer in enumerate(layers):
+        is_bn = isinstance(layer, tf.keras.layers.BatchNormalization)
+        layer.trainable = index >= first and not is_bn
+        trainable += int(layer.trainable and bool(layer.weights))
+    return trainable

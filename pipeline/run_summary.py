@@ -1,0 +1,78 @@
+"""What a person wants after a run: the evaluation metrics, the blessing and the push.
+
+Read from ML Metadata (the same record TFX keeps), not from guessed paths, so the answer
+is right for a cached rerun too.
+"""
+
+import json
+from typing import Any, Dict, Optional
+
+import ml_metadata as mlmd
+import tensorflow_model_analysis as tfma
+from ml_metadata.proto import metadata_store_pb2
+
+from modules import features
+
+
+def _latest(store: mlmd.MetadataStore, type_name: str) -> Optional[metadata_store_pb2.Artifact]:
+    artifacts = [a for a in store.get_artifacts_by_type(type_name)
+                 if a.state == metadata_store_pb2.Artifact.LIVE]
+    return max(artifacts, key=lambda a: a.id) if artifacts else None
+
+
+def _prop(artifact: metadata_store_pb2.Artifact, name: str) -> Any:
+    value = artifact.custom_properties.get(name)
+    if value is None:
+        return None
+    return value.string_value or value.int_value
+
+
+def overall_metrics(evaluation_uri: str) -> Dict[str, float]:
+    """Overall-slice metrics of the candidate model as TFMA wrote them."""
+    result = tfma.load_metrics(evaluation_uri)
+    for record in result:
+        if not record.slice_key.single_slice_keys:
+            out = {}
+            for kv in record.metric_keys_and_values:
+                if kv.key.model_name == "candidate" or not kv.key.model_name:
+                    if kv.value.HasField("double_value") and not kv.key.HasField("is_diff"):
+                        out[kv.key.name] = round(kv.value.double_value.value, 4)
+            return out
+    return {}
+
+
+def summarize(connection_config: metadata_store_pb2.ConnectionConfig) -> Dict[str, Any]:
+    store = mlmd.MetadataStore(connection_config)
+    summary: Dict[str, Any] = {}
+    evaluation = _latest(store, "ModelEvaluation")
+    if evaluation is not None:
+        summary["evaluation_uri"] = evaluation.uri
+        summary["metrics"] = overall_metrics(evaluation.uri)
+        validation = tfma.load_validation_result(evaluation.uri)
+        summary["blessed"] = bool(validation.validation_ok)
+        summary["failed_checks"] = [
+            f"{f.metric_key.name}: {f.message}"
+            for per_slice in validation.metric_validations_per_slice
+            for f in per_slice.failures
+        ]
+    pushed = _latest(store, "PushedModel")
+    if pushed is not None:
+        summary["pushed"] = bool(_prop(pushed, "pushed"))
+        summary["pushed_to"] = _prop(pushed, "pushed_destination")
+    summary["positive_class"] = features.LABEL_NAMES[features.POSITIVE_LABEL]
+    return summary
+
+
+def format_summary(summary: Dict[str, Any]) -> str:
+    lines = ["", "=== run summary ==="]
+    for name, value in sorted(summary.get("metrics", {}).items()):
+        lines.append(f"  {name:<24} {value}")
+    lines.append(f"blessed: {summary.get('blessed')}")
+    for check in summary.get("failed_checks", []):
+        lines.append(f"  failed check: {check}")
+    if summary.get("pushed"):
+        lines.append(f"pushed to: {summary['pushed_to']}")
+    else:
+        lines.append("pushed: no (the model was not blessed)")
+    lines.append(json.dumps(summary, sort_keys=True))
+    return "\n".join(lines)
