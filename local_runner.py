@@ -10,7 +10,6 @@ the model was pushed.
 import argparse
 import logging
 import os
-from typing import List, Optional
 
 from absl import logging as absl_logging
 from tfx import v1 as tfx
@@ -40,9 +39,10 @@ def trainer_config() -> dict:
     }
 
 
-def build(data_root: str, output_dir: str) -> tfx.dsl.Pipeline:
+def build(data_root: str, output_dir: str, **overrides) -> tfx.dsl.Pipeline:
+    """The pipeline with configs' settings; tests pass overrides for create_pipeline's args."""
     tfx_root = os.path.join(output_dir, "tfx")
-    return pipeline.create_pipeline(
+    settings = dict(
         pipeline_name=configs.PIPELINE_NAME,
         pipeline_root=os.path.join(tfx_root, "pipelines", configs.PIPELINE_NAME),
         data_root=os.path.abspath(data_root),
@@ -61,13 +61,15 @@ def build(data_root: str, output_dir: str) -> tfx.dsl.Pipeline:
             metadata_path(output_dir)
         ),
     )
+    settings.update(overrides)
+    return pipeline.create_pipeline(**settings)
 
 
 def metadata_path(output_dir: str) -> str:
     return os.path.join(output_dir, "tfx", "metadata", configs.PIPELINE_NAME, "metadata.db")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-root", default=os.environ.get("HISTO_DATA_ROOT"), required=False)
     parser.add_argument("--output-dir", default=os.environ.get("HISTO_OUTPUT_DIR", "outputs"))
@@ -76,6 +78,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--data-root (or HISTO_DATA_ROOT) is required: a folder holding span-N/")
     absl_logging.set_verbosity(absl_logging.INFO)
     logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # worker chatter
     output_dir = os.path.abspath(args.output_dir)
     tfx.orchestration.LocalDagRunner().run(build(args.data_root, output_dir))
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(

@@ -7,29 +7,31 @@ silently produces a bad model, so this gate turns recorded anomalies into a fail
 
 import json
 import os
-from typing import Dict, List
 
+from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact
 from tfx.dsl.component.experimental.decorators import component
+from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
-from tfx.utils import anomalies_util
+from tfx.types.artifact import Artifact
 
 REPORT_FILE = "anomalies_summary.json"
 
 
-class AnomaliesCheck(tfx.types.Artifact):
+class AnomaliesCheck(Artifact):
     """Per-split anomaly summary: written by the gate when it passes."""
 
     TYPE_NAME = "AnomaliesCheck"
 
 
-def anomalies_by_split(anomalies: tfx.types.Artifact) -> Dict[str, List[str]]:
+def anomalies_by_split(anomalies: Artifact) -> dict[str, list[str]]:
     """Returns {split: ["feature: description", ...]} for every split with anomalies."""
-    found: Dict[str, List[str]] = {}
+    found: dict[str, list[str]] = {}
     for split in artifact_utils.decode_split_names(anomalies.split_names):
         split_uri = artifact_utils.get_split_uri([anomalies], split)
-        proto = anomalies_util.load_anomalies_binary(os.path.join(split_uri, "SchemaDiff.pb"))
+        with fileio.open(os.path.join(split_uri, "SchemaDiff.pb"), "rb") as f:
+            proto = anomalies_pb2.Anomalies.FromString(f.read())
         problems = [
             f"{name}: {info.short_description or info.description}"
             for name, info in sorted(proto.anomaly_info.items())
@@ -51,5 +53,5 @@ def AnomaliesGate(
     if found:
         detail = " | ".join(f"{split}: {'; '.join(items)}" for split, items in found.items())
         raise RuntimeError(f"Data anomalies against the schema, run stopped: {detail}")
-    with tfx.dsl.io.fileio.open(os.path.join(check.uri, REPORT_FILE), "w") as f:
+    with fileio.open(os.path.join(check.uri, REPORT_FILE), "w") as f:
         f.write(json.dumps({"anomalies": {}}, indent=2))

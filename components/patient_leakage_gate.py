@@ -8,11 +8,12 @@ checks what actually reached ExampleGen (manifests, hand-made spans, bugs).
 import json
 import os
 from collections import defaultdict
-from typing import Dict, Set
 
 from tfx import v1 as tfx
-from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact
+from tfx.dsl.component.experimental.decorators import component
+from tfx.dsl.io import fileio
+from tfx.types.artifact import Artifact
 
 from components.example_io import iter_bytes_feature, split_files
 from modules import features
@@ -20,15 +21,15 @@ from modules import features
 REPORT_FILE = "patients_per_split.json"
 
 
-class PatientSplitReport(tfx.types.Artifact):
+class PatientSplitReport(Artifact):
     """Which patients each split holds: written by the gate when it passes."""
 
     TYPE_NAME = "PatientSplitReport"
 
 
-def find_leaking_patients(patients_by_split: Dict[str, Set[str]]) -> Dict[str, list]:
+def find_leaking_patients(patients_by_split: dict[str, set[str]]) -> dict[str, list]:
     """Returns {patient_id: [splits]} for every patient present in more than one split."""
-    splits_by_patient: Dict[str, list] = defaultdict(list)
+    splits_by_patient: dict[str, list] = defaultdict(list)
     for split, patients in sorted(patients_by_split.items()):
         for patient in patients:
             splits_by_patient[patient].append(split)
@@ -41,7 +42,7 @@ def PatientLeakageGate(
     report: OutputArtifact[PatientSplitReport],
 ) -> None:
     """Reads patient ids per split; raises with the offending ids if any split shares one."""
-    patients_by_split: Dict[str, Set[str]] = {}
+    patients_by_split: dict[str, set[str]] = {}
     for split, files in split_files(examples).items():
         patients_by_split[split] = {
             value.decode("utf-8") for value in iter_bytes_feature(files, features.PATIENT_ID_KEY)
@@ -54,5 +55,5 @@ def PatientLeakageGate(
             f"({detail}). Splits must be patient-disjoint; re-run preprocessing or fix the manifest."
         )
     summary = {split: sorted(p) for split, p in patients_by_split.items()}
-    with tfx.dsl.io.fileio.open(os.path.join(report.uri, REPORT_FILE), "w") as f:
+    with fileio.open(os.path.join(report.uri, REPORT_FILE), "w") as f:
         f.write(json.dumps(summary, indent=2))

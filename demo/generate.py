@@ -11,7 +11,6 @@ labs do, and patients are chosen so every split holds both classes.
 
 import argparse
 import os
-from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -33,7 +32,7 @@ def _stroma(rng: np.random.Generator, size: int, stain: np.ndarray) -> Image.Ima
 
 def _nucleus_boxes(
     rng: np.random.Generator, size: int, malignant: bool
-) -> List[Tuple[float, float, float, float]]:
+) -> list[tuple[float, float, float, float]]:
     """(x, y, rx, ry) of each nucleus: gland rings for benign, crowded sheets for malignant."""
     boxes = []
     if malignant:
@@ -69,10 +68,10 @@ def draw_tile(rng: np.random.Generator, size: int, malignant: bool, stain: np.nd
 
 
 def pick_patients(
-    per_split_per_class: Tuple[int, ...], ratios: Tuple[float, ...], salt: str = ""
-) -> List[Tuple[str, int]]:
+    per_split_per_class: tuple[int, ...], ratios: tuple[float, ...], salt: str = ""
+) -> list[tuple[str, int]]:
     """Patient ids whose hash split gives each split the wanted number of each class."""
-    chosen: List[Tuple[str, int]] = []
+    chosen: list[tuple[str, int]] = []
     for label, name in enumerate(features.LABEL_NAMES):
         want = dict(zip(features.SPLITS, per_split_per_class))
         index = 0
@@ -89,10 +88,10 @@ def pick_patients(
 def generate(
     output: str,
     images_per_patient: int = 8,
-    patients_per_split_per_class: Tuple[int, ...] = (6, 2, 2),
+    patients_per_split_per_class: tuple[int, ...] = (6, 2, 2),
     size: int = 224,
     seed: int = 0,
-    ratios: Tuple[float, ...] = (0.7, 0.15, 0.15),
+    ratios: tuple[float, ...] = (0.7, 0.15, 0.15),
 ) -> int:
     """Writes ``<class>/<patient>/tile_<k>.png`` under output; returns the number of images."""
     count = 0
@@ -110,7 +109,7 @@ def generate(
     return count
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="histo-demo-data", description=__doc__)
     parser.add_argument("--output", required=True)
     parser.add_argument("--images-per-patient", type=int, default=8)

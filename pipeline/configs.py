@@ -5,7 +5,6 @@ pass their own. Every setting has a documented default that works for the demo.
 """
 
 import os
-from typing import List
 
 from modules import features
 
@@ -53,7 +52,7 @@ MAX_AUC_DROP = _env_float("HISTO_MAX_AUC_DROP", 0.0)  # candidate AUC >= baselin
 
 # Beam options for the Beam-powered components (ExampleGen, StatisticsGen, Transform, Evaluator).
 # On 2 cores the DirectRunner in multi-processing mode uses both.
-LOCAL_BEAM_PIPELINE_ARGS: List[str] = [
+LOCAL_BEAM_PIPELINE_ARGS: list[str] = [
     "--direct_running_mode=multi_processing",
     "--direct_num_workers=0",
 ]

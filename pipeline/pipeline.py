@@ -4,7 +4,7 @@ One ``create_pipeline`` serves the local runner and the Kubeflow runners; they d
 in paths, Beam options and the metadata connection.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
@@ -25,7 +25,7 @@ def _split_input_config() -> example_gen_pb2.Input:
     )
 
 
-def _module_kwargs(module: str, function_arg: str, function_name: str) -> Dict[str, str]:
+def _module_kwargs(module: str, function_arg: str, function_name: str) -> dict[str, str]:
     """A ``.py`` path becomes ``module_file`` (local); a dotted path names the function in the image."""
     if module.endswith(".py"):
         return {"module_file": module}
@@ -82,14 +82,14 @@ def create_pipeline(
     trainer_module: str,
     serving_model_dir: str,
     image_size: int,
-    trainer_config: Dict[str, Any],
+    trainer_config: dict[str, Any],
     train_steps: int,
     eval_steps: int,
     min_auc: float,
     max_auc_drop: float,
     eval_split: str = features.TEST_SPLIT,
-    beam_pipeline_args: Optional[List[str]] = None,
-    metadata_connection_config: Optional[Any] = None,
+    beam_pipeline_args: list[str] | None = None,
+    metadata_connection_config: Any | None = None,
     enable_cache: bool = True,
 ) -> tfx.dsl.Pipeline:
     """Lists the components in order; see the README for what each one guards."""

@@ -5,7 +5,7 @@ is right for a cached rerun too.
 """
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any
 
 import ml_metadata as mlmd
 import tensorflow_model_analysis as tfma
@@ -14,7 +14,7 @@ from ml_metadata.proto import metadata_store_pb2
 from modules import features
 
 
-def _latest(store: mlmd.MetadataStore, type_name: str) -> Optional[metadata_store_pb2.Artifact]:
+def _latest(store: mlmd.MetadataStore, type_name: str) -> metadata_store_pb2.Artifact | None:
     artifacts = [a for a in store.get_artifacts_by_type(type_name)
                  if a.state == metadata_store_pb2.Artifact.LIVE]
     return max(artifacts, key=lambda a: a.id) if artifacts else None
@@ -27,7 +27,7 @@ def _prop(artifact: metadata_store_pb2.Artifact, name: str) -> Any:
     return value.string_value or value.int_value
 
 
-def overall_metrics(evaluation_uri: str) -> Dict[str, float]:
+def overall_metrics(evaluation_uri: str) -> dict[str, float]:
     """Overall-slice metrics of the candidate model as TFMA wrote them."""
     result = tfma.load_metrics(evaluation_uri)
     for record in result:
@@ -41,9 +41,9 @@ def overall_metrics(evaluation_uri: str) -> Dict[str, float]:
     return {}
 
 
-def summarize(connection_config: metadata_store_pb2.ConnectionConfig) -> Dict[str, Any]:
+def summarize(connection_config: metadata_store_pb2.ConnectionConfig) -> dict[str, Any]:
     store = mlmd.MetadataStore(connection_config)
-    summary: Dict[str, Any] = {}
+    summary: dict[str, Any] = {}
     evaluation = _latest(store, "ModelEvaluation")
     if evaluation is not None:
         summary["evaluation_uri"] = evaluation.uri
@@ -63,7 +63,7 @@ def summarize(connection_config: metadata_store_pb2.ConnectionConfig) -> Dict[st
     return summary
 
 
-def format_summary(summary: Dict[str, Any]) -> str:
+def format_summary(summary: dict[str, Any]) -> str:
     lines = ["", "=== run summary ==="]
     for name, value in sorted(summary.get("metrics", {}).items()):
         lines.append(f"  {name:<24} {value}")

@@ -19,7 +19,7 @@ import re
 import shutil
 import time
 import uuid
-from typing import Dict, Iterator, List, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -87,7 +87,7 @@ def next_span(output_root: str) -> int:
     return max(existing, default=0) + 1
 
 
-def default_beam_args(beam_args: Sequence[str]) -> List[str]:
+def default_beam_args(beam_args: Sequence[str]) -> list[str]:
     """Both cores on the DirectRunner unless the caller chose a runner or worker count."""
     args = list(beam_args)
     if not any(a.startswith("--runner") for a in args) and not any(
@@ -98,12 +98,12 @@ def default_beam_args(beam_args: Sequence[str]) -> List[str]:
 
 
 def run_beam(
-    assigned: List[tuple],
+    assigned: list[tuple],
     workdir: str,
     beam_args: Sequence[str],
     min_side: int,
     max_pixels: int,
-) -> Dict[str, int]:
+) -> dict[str, int]:
     """Writes every split's shards and the rejects CSV under workdir; returns Beam counters."""
     options = PipelineOptions(default_beam_args(beam_args))
     with beam.Pipeline(options=options) as pipeline:
@@ -134,7 +134,7 @@ def run_beam(
     return {c.key.metric.name: c.committed or c.attempted or 0 for c in counters}
 
 
-def read_beam_rejects(workdir: str) -> List[Reject]:
+def read_beam_rejects(workdir: str) -> list[Reject]:
     rejects = []
     for path in sorted(FileSystems.match([os.path.join(workdir, "beam-rejects*")])[0].metadata_list):
         with open(path.path, newline="", encoding="utf-8") as f:
@@ -143,7 +143,7 @@ def read_beam_rejects(workdir: str) -> List[Reject]:
     return rejects
 
 
-def write_reports(workdir: str, rejects: List[Reject], summary: Dict) -> None:
+def write_reports(workdir: str, rejects: list[Reject], summary: dict) -> None:
     with open(os.path.join(workdir, REJECTS_FILE), "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["source", "reason"])
@@ -153,8 +153,8 @@ def write_reports(workdir: str, rejects: List[Reject], summary: Dict) -> None:
 
 
 def preprocess(
-    records: List[ImageRecord],
-    discovery_rejects: List[Reject],
+    records: list[ImageRecord],
+    discovery_rejects: list[Reject],
     output_root: str,
     ratios: Sequence[float],
     salt: str = "",
@@ -162,8 +162,8 @@ def preprocess(
     beam_args: Sequence[str] = (),
     min_side: int = DEFAULT_MIN_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    span: Optional[int] = None,
-) -> Dict:
+    span: int | None = None,
+) -> dict:
     """Runs the job and publishes ``span-N`` atomically; returns the summary written with it."""
     os.makedirs(output_root, exist_ok=True)
     span = span or next_span(output_root)

@@ -8,7 +8,6 @@ import argparse
 import json
 import logging
 import sys
-from typing import List, Optional
 
 from preprocessing import layouts, splits
 from preprocessing.beam_job import PreprocessingError, preprocess
@@ -45,7 +44,7 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # worker chatter, not progress
     args, beam_args = build_parser().parse_known_args(argv)

@@ -14,7 +14,6 @@ import csv
 import dataclasses
 import os
 import re
-from typing import Dict, List, Optional, Tuple
 
 from modules import features
 
@@ -53,7 +52,7 @@ class LayoutError(ValueError):
     """The file cannot be read under the requested layout."""
 
 
-def list_images(root: str) -> List[str]:
+def list_images(root: str) -> list[str]:
     """All image files under root (relative paths, sorted for reproducible runs)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -68,7 +67,7 @@ def _stem(rel: str) -> str:
     return os.path.splitext(os.path.basename(rel))[0]
 
 
-def _class_folder_label(rel: str) -> Optional[Tuple[int, int]]:
+def _class_folder_label(rel: str) -> tuple[int, int] | None:
     """(label, index of the class folder in the path parts) of the nearest class folder."""
     parts = rel.split("/")[:-1]
     for index in range(len(parts) - 1, -1, -1):
@@ -77,7 +76,7 @@ def _class_folder_label(rel: str) -> Optional[Tuple[int, int]]:
     return None
 
 
-def parse_idc(rel: str) -> Dict:
+def parse_idc(rel: str) -> dict:
     match = _IDC.match(_stem(rel))
     parts = rel.split("/")
     if not match:
@@ -87,7 +86,7 @@ def parse_idc(rel: str) -> Dict:
     return {"label": int(match["cls"]), "patient_id": match["patient"]}
 
 
-def parse_breakhis(rel: str) -> Dict:
+def parse_breakhis(rel: str) -> dict:
     stem = _stem(rel)
     match = _BREAKHIS_ORIGINAL.match(stem)
     magnification = int(match["mag"]) if match else 0
@@ -109,7 +108,7 @@ def parse_breakhis(rel: str) -> Dict:
     }
 
 
-def parse_class_folders(rel: str) -> Dict:
+def parse_class_folders(rel: str) -> dict:
     folder = _class_folder_label(rel)
     if folder is None:
         raise LayoutError("no class folder (benign/, malignant/, 0/ or 1/) in its path")
@@ -128,7 +127,7 @@ def parse_class_folders(rel: str) -> Dict:
 _PARSERS = {"idc": parse_idc, "breakhis": parse_breakhis, "class-folders": parse_class_folders}
 
 
-def parse_path(rel: str, layout: str = "auto") -> Dict:
+def parse_path(rel: str, layout: str = "auto") -> dict:
     """Label, patient and metadata of one relative path under the given layout."""
     if layout != "auto":
         return _PARSERS[layout](rel)
@@ -140,9 +139,9 @@ def parse_path(rel: str, layout: str = "auto") -> Dict:
     return parse_class_folders(rel)
 
 
-def read_manifest(path: str, root: str) -> Dict[str, Dict]:
+def read_manifest(path: str, root: str) -> dict[str, dict]:
     """{relative source: overrides} from a CSV with at least path,label,patient_id columns."""
-    overrides: Dict[str, Dict] = {}
+    overrides: dict[str, dict] = {}
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = {"path", "label", "patient_id"} - set(reader.fieldnames or [])
@@ -170,15 +169,15 @@ def read_manifest(path: str, root: str) -> Dict[str, Dict]:
 
 
 def discover(
-    root: str, layout: str = "auto", manifest: Optional[str] = None
-) -> Tuple[List[ImageRecord], List[Reject]]:
+    root: str, layout: str = "auto", manifest: str | None = None
+) -> tuple[list[ImageRecord], list[Reject]]:
     """Every image under root as a record, or as a reject when its label/patient is unknown."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}: expected one of {LAYOUTS}")
     overrides = read_manifest(manifest, root) if manifest else {}
     sources = list_images(root)
-    records: List[ImageRecord] = []
-    rejects: List[Reject] = []
+    records: list[ImageRecord] = []
+    rejects: list[Reject] = []
     for rel in sources:
         try:
             info = parse_path(rel, layout)

@@ -7,12 +7,12 @@ earlier model of the same salt trained on.
 
 import hashlib
 from collections import Counter, defaultdict
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+from collections.abc import Iterable, Mapping, Sequence
 
 from modules import features
 
 
-def parse_ratios(text: str) -> Tuple[float, ...]:
+def parse_ratios(text: str) -> tuple[float, ...]:
     """"0.7,0.15,0.15" -> normalised ratios for train, eval, test."""
     values = tuple(float(v) for v in text.split(","))
     if len(values) != len(features.SPLITS) or any(v < 0 for v in values) or sum(values) <= 0:
@@ -26,7 +26,7 @@ def parse_ratios(text: str) -> Tuple[float, ...]:
 
 def patient_bucket(patient_id: str, salt: str = "") -> float:
     """A number in [0, 1) fixed by the patient id (and salt) alone."""
-    digest = hashlib.sha256(f"{salt}{patient_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{salt}{patient_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -40,11 +40,11 @@ def split_for_patient(patient_id: str, ratios: Sequence[float], salt: str = "") 
     return features.SPLITS[-1]
 
 
-def summarize(rows: Iterable[Tuple[str, str, int]]) -> Dict[str, Dict]:
+def summarize(rows: Iterable[tuple[str, str, int]]) -> dict[str, dict]:
     """Per split: images, patients and images per class, from (split, patient, label) rows."""
     images: Counter = Counter()
-    per_class: Dict[str, Counter] = defaultdict(Counter)
-    patients: Dict[str, set] = defaultdict(set)
+    per_class: dict[str, Counter] = defaultdict(Counter)
+    patients: dict[str, set] = defaultdict(set)
     for split, patient, label in rows:
         images[split] += 1
         per_class[split][features.LABEL_NAMES[label]] += 1
@@ -59,7 +59,7 @@ def summarize(rows: Iterable[Tuple[str, str, int]]) -> Dict[str, Dict]:
     }
 
 
-def class_warnings(summary: Mapping[str, Dict]) -> List[str]:
+def class_warnings(summary: Mapping[str, dict]) -> list[str]:
     """One line per split that lacks a class (or is empty): such a split cannot measure AUC."""
     warnings = []
     for split, info in summary.items():

@@ -5,7 +5,7 @@ serving graph, so clients send raw PNG/JPEG bytes. The image is resized to the s
 model trains at and no bigger: decoded floats take ~15x the encoded bytes on disk.
 """
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 import tensorflow as tf
 
@@ -29,8 +29,8 @@ def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 def preprocessing_fn(
-    inputs: Dict[str, tf.Tensor], custom_config: Optional[Dict[str, Any]] = None
-) -> Dict[str, tf.Tensor]:
+    inputs: dict[str, tf.Tensor], custom_config: dict[str, Any] | None = None
+) -> dict[str, tf.Tensor]:
     """tf.Transform entry point; ``custom_config['image_size']`` comes from pipeline configs."""
     image_size = int((custom_config or {}).get("image_size", features.DEFAULT_IMAGE_SIZE))
     outputs = {

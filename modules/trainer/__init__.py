@@ -1,0 +1,1 @@
+"""Trainer module file and its helpers: data, backbones, weights, model, export."""
