@@ -8,20 +8,19 @@ Every step runs the project image; only the Trainer step asks for a GPU, lands o
 node pool and tolerates its taint, so the CPU steps never hold an accelerator node.
 """
 
-from typing import List
-
 from absl import logging
 from kubernetes import client as k8s_client
 from tfx.orchestration.kubeflow import kubeflow_dag_runner
 
 from pipeline import kubeflow_settings
+from pipeline.kubeflow_settings import KubeflowSettings
 from pipeline.pipeline import create_pipeline
 
 # KFP names each step after the sanitized component id; "Trainer" becomes "trainer".
 TRAINER_STEP = "trainer"
 
 
-def resources_op(settings: kubeflow_settings.KubeflowSettings) -> kubeflow_dag_runner.OpFunc:
+def resources_op(settings: KubeflowSettings) -> kubeflow_dag_runner.OpFunc:
     """CPU/memory requests on every step, the Trainer's own values on the Trainer."""
 
     def apply(op):
@@ -39,7 +38,7 @@ def resources_op(settings: kubeflow_settings.KubeflowSettings) -> kubeflow_dag_r
     return apply
 
 
-def trainer_gpu_op(settings: kubeflow_settings.KubeflowSettings) -> kubeflow_dag_runner.OpFunc:
+def trainer_gpu_op(settings: KubeflowSettings) -> kubeflow_dag_runner.OpFunc:
     """GPU limit, accelerator node selector and taint toleration for the Trainer alone."""
 
     def apply(op):
@@ -63,7 +62,9 @@ def trainer_gpu_op(settings: kubeflow_settings.KubeflowSettings) -> kubeflow_dag
     return apply
 
 
-def operator_funcs(settings: kubeflow_settings.KubeflowSettings) -> List[kubeflow_dag_runner.OpFunc]:
+def operator_funcs(
+    settings: KubeflowSettings,
+) -> list[kubeflow_dag_runner.OpFunc]:
     """TFX's defaults (metadata ConfigMap, optional GCP secret) plus ours."""
     return kubeflow_dag_runner.get_default_pipeline_operator_funcs(
         use_gcp_sa=settings.use_gcp_secret

@@ -50,7 +50,8 @@ import math
 import os
 import re
 import shlex
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 from pipeline import configs
 
@@ -66,8 +67,8 @@ class Toleration:
     """A Kubernetes toleration; ``value is None`` means operator ``Exists``."""
 
     key: str
-    value: Optional[str]
-    effect: Optional[str]
+    value: str | None
+    effect: str | None
 
     @property
     def operator(self) -> str:
@@ -83,19 +84,19 @@ class KubeflowSettings:
     pipeline_root: str
     data_root: str
     serving_model_dir: str
-    beam_pipeline_args: List[str]
+    beam_pipeline_args: list[str]
     trainer_gpus: int
-    trainer_node_selector: Dict[str, str]
-    trainer_tolerations: List[Toleration]
+    trainer_node_selector: dict[str, str]
+    trainer_tolerations: list[Toleration]
     cpu_request: str
     memory_request: str
-    memory_limit: Optional[str]
+    memory_limit: str | None
     trainer_cpu_request: str
     trainer_memory_request: str
-    trainer_memory_limit: Optional[str]
+    trainer_memory_limit: str | None
     use_gcp_secret: bool
     metadata_ui_path: str
-    output_dir: Optional[str]
+    output_dir: str | None
     vertex_accelerator: str
 
 
@@ -112,9 +113,9 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     return _get(env, name, "0").lower() in ("1", "true", "yes", "on")
 
 
-def parse_key_values(text: str, variable: str) -> Dict[str, str]:
+def parse_key_values(text: str, variable: str) -> dict[str, str]:
     """``"a=b,c=d"`` -> ``{"a": "b", "c": "d"}``; empty text -> ``{}``."""
-    result: Dict[str, str] = {}
+    result: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
@@ -123,7 +124,7 @@ def parse_key_values(text: str, variable: str) -> Dict[str, str]:
     return result
 
 
-def parse_tolerations(text: str, variable: str) -> List[Toleration]:
+def parse_tolerations(text: str, variable: str) -> list[Toleration]:
     """``"nvidia.com/gpu:NoSchedule,dedicated=gpu:NoExecute"`` -> tolerations."""
     tolerations = []
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -180,7 +181,7 @@ def _remote_path(env: Mapping[str, str], variable: str, value: str) -> str:
     )
 
 
-def beam_pipeline_args(env: Mapping[str, str], bucket: str, image: str, cpu: str) -> List[str]:
+def beam_pipeline_args(env: Mapping[str, str], bucket: str, image: str, cpu: str) -> list[str]:
     """Beam options for ExampleGen, StatisticsGen, Transform and Evaluator."""
     runner = _get(env, "HISTO_BEAM_RUNNER", "direct").lower()
     if runner == "direct":
@@ -214,7 +215,7 @@ def beam_pipeline_args(env: Mapping[str, str], bucket: str, image: str, cpu: str
     return args + shlex.split(env.get("HISTO_BEAM_EXTRA_ARGS", ""))
 
 
-def _trainer_scheduling(env: Mapping[str, str]) -> Tuple[int, Dict[str, str], List[Toleration]]:
+def _trainer_scheduling(env: Mapping[str, str]) -> tuple[int, dict[str, str], list[Toleration]]:
     """GPU count, node selector and tolerations for the Trainer step only."""
     gpus_text = _get(env, "HISTO_TRAINER_GPUS", "1")
     if not gpus_text.isdigit():
@@ -243,7 +244,7 @@ def _checked_cpu(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
-def _checked_memory(env: Mapping[str, str], name: str, default: Optional[str]) -> Optional[str]:
+def _checked_memory(env: Mapping[str, str], name: str, default: str | None) -> str | None:
     value = env.get(name, "").strip() or default
     if value is not None:
         try:
@@ -253,7 +254,7 @@ def _checked_memory(env: Mapping[str, str], name: str, default: Optional[str]) -
     return value
 
 
-def from_env(env: Optional[Mapping[str, str]] = None) -> KubeflowSettings:
+def from_env(env: Mapping[str, str] | None = None) -> KubeflowSettings:
     """Reads every setting, failing early with the variable's name when one is malformed."""
     env = os.environ if env is None else env
     name = _get(env, "HISTO_PIPELINE_NAME", configs.PIPELINE_NAME)
@@ -297,7 +298,7 @@ def from_env(env: Optional[Mapping[str, str]] = None) -> KubeflowSettings:
     )
 
 
-def trainer_config() -> Dict[str, Any]:
+def trainer_config() -> dict[str, Any]:
     """The Trainer's custom_config from pipeline.configs (image_size is added by the pipeline)."""
     return {
         "backbone": configs.BACKBONE,
@@ -313,7 +314,7 @@ def trainer_config() -> Dict[str, Any]:
     }
 
 
-def create_pipeline_kwargs(settings: KubeflowSettings) -> Dict[str, Any]:
+def create_pipeline_kwargs(settings: KubeflowSettings) -> dict[str, Any]:
     """The create_pipeline arguments both cluster runners share (module paths, not files)."""
     return dict(
         pipeline_name=settings.pipeline_name,

@@ -39,6 +39,7 @@ def create_eval_config(min_auc: float, max_auc_drop: float) -> tfma.EvalConfig:
             tfma.ModelSpec(
                 signature_name="serving_default",
                 label_key=features.LABEL_KEY,
+                prediction_key=features.PROBABILITY_OUTPUT,
                 preprocessing_function_names=["transform_features"],
             )
         ],

@@ -30,3 +30,21 @@ def write(path: str, data: bytes) -> str:
     with open(path, "wb") as f:
         f.write(data)
     return path
+
+
+def node_states(metadata_db: str) -> dict:
+    """{node id: [execution states, oldest first]} from the pipeline's ML Metadata."""
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_db
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = mlmd.MetadataStore(config)
+    states = {}
+    for context in store.get_contexts_by_type("node"):
+        node = context.name.split(".", 1)[1]
+        executions = sorted(store.get_executions_by_context(context.id), key=lambda e: e.id)
+        states[node] = [metadata_store_pb2.Execution.State.Name(e.last_known_state)
+                        for e in executions]
+    return states

@@ -1,0 +1,7 @@
+"""``python -m kfp_tools`` is ``python -m kfp_tools.schedule``."""
+
+import sys
+
+from kfp_tools.schedule import main
+
+sys.exit(main())
