@@ -35,7 +35,7 @@ def overall_metrics(evaluation_uri: str) -> dict[str, float]:
             out = {}
             for kv in record.metric_keys_and_values:
                 if kv.key.model_name == "candidate" or not kv.key.model_name:
-                    if kv.value.HasField("double_value") and not kv.key.HasField("is_diff"):
+                    if kv.value.HasField("double_value") and not kv.key.is_diff:
                         out[kv.key.name] = round(kv.value.double_value.value, 4)
             return out
     return {}

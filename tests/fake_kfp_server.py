@@ -610,8 +610,10 @@ def create_job(state: KfpState, query: dict, body: bytes, headers: Any) -> dict:
                 f". Error: {error}",
             ) from None
     if trigger.get("periodic_schedule"):
-        if int(trigger["periodic_schedule"].get("interval_second") or 0) <= 0:
+        periodic = trigger["periodic_schedule"]
+        if int(periodic.get("interval_second") or 0) <= 0:
             raise ApiError(INVALID_ARGUMENT, "Found invalid period schedule interval.")
+        periodic["interval_second"] = str(periodic["interval_second"])  # int64 -> JSON string
     now = _now()
     job.update(id=state.new_id("job"), created_at=now, updated_at=now, status="")
     job["max_concurrency"] = str(concurrency)

@@ -58,8 +58,11 @@ def test_one_training_step_changes_the_backbone(random_backbones, images, name):
         loss = tf.reduce_mean(tf.keras.losses.binary_crossentropy(labels, head(pooled), True))
     variables = model.trainable_variables + head.trainable_variables
     before = [v.numpy() for v in model.trainable_variables]
-    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-    changed = sum(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+    changed = sum(
+        not np.array_equal(b, v.numpy())
+        for b, v in zip(before, model.trainable_variables, strict=True)
+    )
     assert changed > len(before) // 2
 
 
@@ -80,8 +83,9 @@ def test_preprocessing_has_no_weights(random_backbones, name):
         ("vgg16", "preprocess_center", tf.keras.applications.vgg16.preprocess_input),
     ],
 )
-def test_keras_preprocessing_matches_preprocess_input(random_backbones, images, name, layer,
-                                                      reference):
+def test_keras_preprocessing_matches_preprocess_input(
+    random_backbones, images, name, layer, reference
+):
     ours = _output_of(random_backbones[name].model, layer, images)
     np.testing.assert_allclose(ours, reference(images * 255.0), rtol=1e-5, atol=1e-4)
 
@@ -89,7 +93,9 @@ def test_keras_preprocessing_matches_preprocess_input(random_backbones, images, 
 def test_efficientnet_normalises_with_imagenet_statistics(random_backbones, images):
     model = random_backbones["efficientnet_b0"].model
     normalization = next(
-        l for l in model.layers if isinstance(l, tf.keras.layers.Normalization) and l.weights
+        layer
+        for layer in model.layers
+        if isinstance(layer, tf.keras.layers.Normalization) and layer.weights
     )
     ours = _output_of(model, normalization.name, images)
     expected = (images - np.array(IMAGENET_MEAN_RGB)) / np.array(IMAGENET_STD_RGB)
@@ -105,7 +111,7 @@ def test_torchvision_mobilenet_v2_matches_torchvision_geometry(images):
     assert model.get_layer("features_0_0_pad").padding == ((1, 1), (1, 1))
     assert model.get_layer("features_0_1").epsilon == pytest.approx(1e-5)
     assert model.output.shape[1:] == (SIZE // 32, SIZE // 32, 1280)
-    assert len([l for l in model.layers if isinstance(l, tf.keras.layers.Add)]) == 10
+    assert len([layer for layer in model.layers if isinstance(layer, tf.keras.layers.Add)]) == 10
 
 
 def test_caffe_preprocessing_survives_saving(random_backbones, images, tmp_path):

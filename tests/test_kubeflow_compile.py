@@ -216,7 +216,10 @@ def test_paths_metadata_and_ui_output(compiled):
     workflow = compiled["workflow"]
     steps = step_templates(workflow)
     (root,) = workflow["spec"]["arguments"]["parameters"]
-    assert root == {"name": "pipeline-root", "value": f"{BUCKET}/tfx_pipeline_output/{PIPELINE_NAME}"}
+    assert root == {
+        "name": "pipeline-root",
+        "value": f"{BUCKET}/tfx_pipeline_output/{PIPELINE_NAME}",
+    }
     assert node_parameters(steps["importexamplegen"])["input_base"] == f"{BUCKET}/data"
     destination = json.loads(node_parameters(steps["pusher"])["push_destination"])
     assert destination["filesystem"]["base_directory"] == f"{root['value']}/serving_model"
@@ -306,7 +309,7 @@ def test_local_paths_only_when_allowed():
 def dockerfile_instructions() -> list:
     """(INSTRUCTION, arguments) pairs with line continuations joined and comments dropped."""
     with open(os.path.join(REPO, "Dockerfile")) as f:
-        text = re.sub(r"\\\n", " ", "".join(l for l in f if not l.lstrip().startswith("#")))
+        text = re.sub(r"\\\n", " ", "".join(x for x in f if not x.lstrip().startswith("#")))
     return [
         (line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip())
         for line in text.splitlines()
@@ -343,6 +346,27 @@ def test_dockerfile_runs_as_a_non_root_user():
     assert user not in ("root", "0")
 
 
+IGNORED_PATHS = [
+    ".venv/bin/python",
+    ".git/HEAD",
+    "outputs/x",
+    "tests/fixtures/a.png",
+    "modules/__pycache__/x.pyc",
+    "tfx_pipeline_output/x",
+    "demo_data/span-1/x",
+]
+NEEDED_PATHS = [
+    "setup.py",
+    "requirements/constraints.txt",
+    "requirements/offline-weights.txt",
+    "pipeline/pipeline.py",
+    "modules/trainer/trainer_module.py",
+    "components/anomalies_gate.py",
+    "kubeflow_runner.py",
+    "kfp_tools/schedule.py",
+]
+
+
 def test_dockerignore_keeps_the_context_small_but_not_the_sources():
     with open(os.path.join(REPO, ".dockerignore")) as f:
         patterns = [p.strip() for p in f if p.strip() and not p.startswith("#")]
@@ -356,10 +380,7 @@ def test_dockerignore_keeps_the_context_small_but_not_the_sources():
                 result = not negate
         return result
 
-    for path in (".venv/bin/python", ".git/HEAD", "outputs/x", "tests/fixtures/a.png",
-                 "modules/__pycache__/x.pyc", "tfx_pipeline_output/x", "demo_data/span-1/x"):  # fmt: skip
+    for path in IGNORED_PATHS:
         assert ignored(path), path
-    for path in ("setup.py", "requirements/constraints.txt", "requirements/offline-weights.txt",
-                 "pipeline/pipeline.py", "modules/trainer/trainer_module.py",
-                 "components/anomalies_gate.py", "kubeflow_runner.py", "kfp_tools/schedule.py"):  # fmt: skip
+    for path in NEEDED_PATHS:
         assert not ignored(path), path

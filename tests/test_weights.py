@@ -68,7 +68,7 @@ def cache_dir(tmp_path_factory) -> str:
 
 def _assert_same_weights(a: tf.keras.Model, b: tf.keras.Model) -> None:
     assert len(a.weights) == len(b.weights)
-    for x, y in zip(a.get_weights(), b.get_weights()):
+    for x, y in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -84,6 +84,7 @@ def _install_fake_torch(monkeypatch) -> types.SimpleNamespace:
         raise AssertionError
 
     _rebuild_tensor_v2.__module__ = "torch._utils"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
     torch_utils._rebuild_tensor_v2 = _rebuild_tensor_v2
     storage_types = {}
     for name in ("FloatStorage", "LongStorage"):
@@ -180,7 +181,11 @@ def test_torchvision_checkpoint_is_read_without_torch():
 
 def test_probe_gives_up_within_its_timeout(monkeypatch):
     # A resolver or connect that hangs must not hang the Trainer.
-    monkeypatch.setattr(weights.socket, "create_connection", lambda *a, **k: time.sleep(5))
+    def hanging_connect(*_args, **_kwargs):
+        time.sleep(2)
+        raise OSError("timed out")
+
+    monkeypatch.setattr(weights.socket, "create_connection", hanging_connect)
     start = time.monotonic()
     assert not weights.internet_reachable("storage.googleapis.com", 443, timeout=0.2)
     assert time.monotonic() - start < 1.5
@@ -192,11 +197,16 @@ def test_probe_of_unroutable_host_is_quick():
     assert time.monotonic() - start < 1.5
 
 
-def test_probe_sees_a_listening_port():
+def test_probe_needs_a_tls_handshake_not_just_a_connect():
+    # A port that accepts connections but never speaks TLS (an intercepting firewall).
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
-        assert weights.internet_reachable("127.0.0.1", server.getsockname()[1], timeout=1.0)
+        port = server.getsockname()[1]
+        assert weights.internet_reachable("127.0.0.1", port, timeout=1.0, verify_tls=False)
+        start = time.monotonic()
+        assert not weights.internet_reachable("127.0.0.1", port, timeout=0.3)
+        assert time.monotonic() - start < 1.5
 
 
 # --------------------------------------------------------------------------- resolution order
@@ -290,7 +300,7 @@ def test_keras_cached_download_is_used_offline(keras_cache):
     backbone = backbones.build_backbone("mobilenet_v2", size, "auto")
     assert backbone.weights_source == f"keras:imagenet (cached {cached})"
     assert backbone.last_conv_layer == "out_relu"
-    for x, y in zip(reference.get_weights(), backbone.model.get_weights()):
+    for x, y in zip(reference.get_weights(), backbone.model.get_weights(), strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -298,8 +308,11 @@ def test_keras_cached_download_is_used_offline(keras_cache):
 
 
 @pytest.mark.parametrize(
-    "name, converter", [("mobilenet_v2", "convert_torchvision_checkpoint"),
-                        ("densenet121", "transfer_keras3_submodel")]
+    "name, converter",
+    [
+        ("mobilenet_v2", "convert_torchvision_checkpoint"),
+        ("densenet121", "transfer_keras3_submodel"),
+    ],
 )
 def test_second_build_reuses_the_converted_cache(monkeypatch, tmp_path, name, converter):
     _offline_file(name)
@@ -335,7 +348,9 @@ def test_converted_mobilenet_v2_classifies_imagenet_photos(cache_dir):
     skimage_data = pytest.importorskip("skimage.data")
     state = torch_checkpoint.load_state_dict(_offline_file("mobilenet_v2"))
     backbone = backbones.build_backbone("mobilenet_v2", 224, "offline", cache_dir)
-    photos = np.stack([_imagenet_crop(skimage_data.chelsea()), _imagenet_crop(skimage_data.coffee())])
+    photos = np.stack(
+        [_imagenet_crop(skimage_data.chelsea()), _imagenet_crop(skimage_data.coffee())]
+    )
 
     pooled = backbone.model(photos, training=False).numpy().mean(axis=(1, 2))
     logits = pooled @ state["classifier.1.weight"].T + state["classifier.1.bias"]

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -142,7 +142,9 @@ def set_efficientnet_normalization(model: tf.keras.Model) -> None:
     keep the Keras input convention).
     """
     layer = next(
-        l for l in model.layers if isinstance(l, tf.keras.layers.Normalization) and l.weights
+        layer
+        for layer in model.layers
+        if isinstance(layer, tf.keras.layers.Normalization) and layer.weights
     )
     _mean, _variance, count = layer.get_weights()
     mean = np.asarray(weights_lib.IMAGENET_MEAN_RGB, dtype=np.float32)
@@ -187,9 +189,7 @@ def _torch_inverted_residual(
         )
         x = _relu6(x, f"{prefix}_0_relu6")
         step = 1
-    x = _torch_conv_bn(
-        x, 0, 3, stride, f"{prefix}_{step}_0", f"{prefix}_{step}_1", depthwise=True
-    )
+    x = _torch_conv_bn(x, 0, 3, stride, f"{prefix}_{step}_0", f"{prefix}_{step}_1", depthwise=True)
     x = _relu6(x, f"{prefix}_{step}_relu6")
     x = _torch_conv_bn(
         x, out_channels, 1, 1, f"{prefix}_{step + 1}", f"{prefix}_{step + 2}", depthwise=False
@@ -243,16 +243,18 @@ def _from_file(name: str, image_size: int, path: Path) -> Backbone:
 def _repair_keras_efficientnet_file(model: tf.keras.Model) -> None:
     """A raw Keras efficientnetb0_notop.h5 stores std as the variance; square it back."""
     layer = next(
-        l for l in model.layers if isinstance(l, tf.keras.layers.Normalization) and l.weights
+        layer
+        for layer in model.layers
+        if isinstance(layer, tf.keras.layers.Normalization) and layer.weights
     )
     variance = layer.get_weights()[1]
     std = weights_lib.IMAGENET_STD_RGB
-    if all(abs(float(v) - s) < 1e-4 for v, s in zip(variance, std)):
+    if all(abs(float(v) - s) < 1e-4 for v, s in zip(variance, std, strict=True)):
         logger.info("EfficientNet file stores ImageNet std as variance; using std**2")
         set_efficientnet_normalization(model)
 
 
-def _from_keras(name: str, image_size: int, required: bool) -> Optional[Backbone]:
+def _from_keras(name: str, image_size: int, required: bool) -> Backbone | None:
     """Step 2: Keras' ImageNet weights, if cached or the host answers the probe quickly."""
     cached = weights_lib.cached_keras_weights(name, image_size)
     if cached is None and not weights_lib.internet_reachable():
@@ -267,7 +269,7 @@ def _from_keras(name: str, image_size: int, required: bool) -> Optional[Backbone
     model = build_keras_architecture(name, image_size)
     try:
         weights_lib.transfer_keras_imagenet(model, _APPLICATIONS[name], image_size)
-    except Exception as error:  # noqa: BLE001 - any download/cache failure: next source
+    except Exception as error:  # any download or cache failure: try the next source
         if required:
             raise RuntimeError(f"Keras ImageNet weights for {name} failed: {error}") from error
         logger.warning("Keras ImageNet weights for %s failed (%s); trying next source", name, error)
@@ -279,15 +281,14 @@ def _from_keras(name: str, image_size: int, required: bool) -> Optional[Backbone
 
 
 def _from_offline_package(
-    name: str, image_size: int, cache_dir: Optional[str], required: bool
-) -> Optional[Backbone]:
+    name: str, image_size: int, cache_dir: str | None, required: bool
+) -> Backbone | None:
     """Step 3: ImageNet weights shipped inside a registry package, converted and cached."""
     source = weights_lib.OFFLINE_SOURCES.get(name)
     path = source.locate() if source else None
     if path is None:
-        message = (
-            f"no offline ImageNet weights for {name}"
-            + (f": package {source.distribution} not installed" if source else "")
+        message = f"no offline ImageNet weights for {name}" + (
+            f": package {source.distribution} not installed" if source else ""
         )
         if required:
             raise RuntimeError(message)
@@ -330,7 +331,7 @@ def _random(name: str, image_size: int, reason: str) -> Backbone:
 
 
 def build_backbone(
-    name: str, image_size: int, weights: str = "auto", cache_dir: Optional[str] = None
+    name: str, image_size: int, weights: str = "auto", cache_dir: str | None = None
 ) -> Backbone:
     """Build backbone ``name`` for square ``image_size`` inputs.
 

@@ -22,7 +22,8 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import Any, BinaryIO, Callable, Optional
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class _Storage:
 
     key: str
     storage_type: _StorageType
-    data: Optional[bytes] = None
+    data: bytes | None = None
 
 
 @dataclasses.dataclass
@@ -109,7 +110,7 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves only allow-listed globals and delegates storage ids."""
 
-    def __init__(self, file: BinaryIO, persistent_load: Optional[Callable[[Any], Any]] = None):
+    def __init__(self, file: BinaryIO, persistent_load: Callable[[Any], Any] | None = None):
         super().__init__(file)
         self._persistent = persistent_load
 

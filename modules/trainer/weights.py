@@ -25,11 +25,13 @@ import logging
 import os
 import re
 import socket
+import ssl
 import tempfile
 import threading
 import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 
 import h5py
 import numpy as np
@@ -58,12 +60,17 @@ _MOBILENET_V2_KERAS_SIZES = (96, 128, 160, 192, 224)
 
 
 def internet_reachable(
-    host: Optional[str] = None, port: Optional[int] = None, timeout: Optional[float] = None
+    host: str | None = None,
+    port: int | None = None,
+    timeout: float | None = None,
+    verify_tls: bool = True,
 ) -> bool:
-    """True if a TCP connection to the weights host opens within ``timeout`` seconds.
+    """True if the weights host answers, TLS handshake included, within ``timeout`` seconds.
 
-    The connect runs in a daemon thread joined with a deadline, because the socket timeout
-    does not cover DNS resolution, which can itself hang on a half-configured network.
+    The handshake (with certificate and host name checks, as the download would do) matters:
+    sandboxes and firewalls often accept every TCP connect and only fail later, which a bare
+    connect would take for "online". Everything runs in a daemon thread joined with a
+    deadline, because the socket timeout does not cover DNS resolution, which can hang too.
     """
     host = PROBE_HOST if host is None else host
     port = PROBE_PORT if port is None else port
@@ -72,9 +79,13 @@ def internet_reachable(
 
     def connect() -> None:
         try:
-            with socket.create_connection((host, port), timeout=timeout):
-                outcome.append(True)
-        except OSError:
+            with socket.create_connection((host, port), timeout=timeout) as connection:
+                if verify_tls:
+                    context = ssl.create_default_context()
+                    with context.wrap_socket(connection, server_hostname=host):
+                        pass
+            outcome.append(True)
+        except (OSError, ValueError):  # ssl.SSLError is an OSError
             outcome.append(False)
 
     thread = threading.Thread(target=connect, name="weights-host-probe", daemon=True)
@@ -108,14 +119,15 @@ def keras_weights_filename(name: str, image_size: int) -> str:
     return files[name]
 
 
-def cached_keras_weights(name: str, image_size: int) -> Optional[Path]:
+def cached_keras_weights(name: str, image_size: int) -> Path | None:
     """The Keras-cached ImageNet file for this backbone, if an earlier download left one."""
     path = keras_models_dir() / keras_weights_filename(name, image_size)
     return path if path.is_file() else None
 
 
-def transfer_keras_imagenet(model: tf.keras.Model, application: Callable[..., tf.keras.Model],
-                            image_size: int) -> None:
+def transfer_keras_imagenet(
+    model: tf.keras.Model, application: Callable[..., tf.keras.Model], image_size: int
+) -> None:
     """Let ``keras.applications`` fetch its ImageNet weights, then copy them into ``model``.
 
     A throwaway reference model does the download/cache lookup, so ``model`` keeps the
@@ -133,7 +145,7 @@ def _set_weights_checked(model: tf.keras.Model, values: list[np.ndarray]) -> Non
     """``set_weights`` that names the first mismatching variable instead of a bare error."""
     if len(values) != len(model.weights):
         raise ValueError(f"{len(values)} arrays for {len(model.weights)} weights of {model.name}")
-    for variable, value in zip(model.weights, values):
+    for variable, value in zip(model.weights, values, strict=True):
         if tuple(variable.shape) != tuple(value.shape):
             raise ValueError(f"{variable.name}: shape {value.shape} != {tuple(variable.shape)}")
     model.set_weights(values)
@@ -151,7 +163,7 @@ class OfflineSource:
     relative_path: str
     description: str
 
-    def locate(self) -> Optional[Path]:
+    def locate(self) -> Path | None:
         """The data file's path, or None if the package (or the file) is not installed."""
         try:
             spec = importlib.util.find_spec(self.module)
@@ -208,7 +220,7 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_path(tag: str, source: Path, cache_dir: Optional[str | os.PathLike] = None) -> Path:
+def cache_path(tag: str, source: Path, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the converted weights of ``source`` live; keyed on its content and our version."""
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     return folder / f"{tag}-{CONVERTER_VERSION}-{_file_digest(source)}.h5"
@@ -236,6 +248,7 @@ def load_or_convert(
         handle, temporary = tempfile.mkstemp(suffix=".h5", dir=target.parent)
         os.close(handle)
         model.save_weights(temporary)
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600; the cache may be shared
         os.replace(temporary, target)
         logger.info("cached converted weights at %s", target)
     except OSError as error:
@@ -284,7 +297,7 @@ def transfer_torchvision_state_dict(model: tf.keras.Model, state: dict[str, np.n
 
 
 def _set_layer_weights(layer: tf.keras.layers.Layer, values: list[np.ndarray]) -> None:
-    for variable, value in zip(layer.weights, values):
+    for variable, value in zip(layer.weights, values, strict=True):
         if tuple(variable.shape) != tuple(value.shape):
             raise ValueError(f"{variable.name}: shape {value.shape} != {tuple(variable.shape)}")
     layer.set_weights([np.asarray(v, dtype=np.float32) for v in values])
@@ -323,7 +336,7 @@ def keras3_layer_keys(layer_configs: Iterable[dict[str, Any]]) -> dict[str, str]
 
 def _locate_submodel(
     config: dict[str, Any], name: str, prefix: str = ""
-) -> Optional[tuple[str, list[dict[str, Any]]]]:
+) -> tuple[str, list[dict[str, Any]]] | None:
     """(h5 group prefix, layer configs) of the nested model called ``name`` in a config."""
     layers = config["config"].get("layers")
     if not layers:

@@ -1,0 +1,140 @@
+"""Preprocessing throughput and peak memory: the Beam job vs a naive single-process loop.
+
+Both write the same gzipped tf.Example TFRecords (same validation, same encoder) from the
+same BreakHis-sized PNGs (700x460). Each variant runs in a fresh subprocess; the peak is
+the largest summed RSS of that subprocess and all its children (Beam's workers), sampled
+every 100 ms. Prints images/s, the speed-up and peak memory at each size.
+
+    .venv/bin/python benchmarks/preprocessing_throughput.py --sizes 1000 10000
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+DISTINCT = 200  # distinct images; the rest are copies under other patients' names
+
+
+def make_images(root: str, count: int, width: int, height: int) -> None:
+    import numpy as np
+
+    from demo.generate import draw_tile
+
+    pool = os.path.join(root, "_pool")
+    os.makedirs(pool, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(DISTINCT):
+        tile = draw_tile(rng, max(width, height), bool(i % 2), np.ones(3)).crop((0, 0, width, height))
+        tile.save(os.path.join(pool, f"{i}.png"))
+    for i in range(count):
+        cls = "malignant" if i % 2 else "benign"
+        folder = os.path.join(root, "images", cls, f"p{i // 20}")
+        os.makedirs(folder, exist_ok=True)
+        shutil.copyfile(os.path.join(pool, f"{i % DISTINCT}.png"), os.path.join(folder, f"{i}.png"))
+    shutil.rmtree(pool)
+
+
+def naive(images: str, output: str) -> int:
+    """The baseline: one process, PIL + tf.io.TFRecordWriter, no Beam."""
+    import tensorflow as tf
+
+    from preprocessing import layouts, splits
+    from preprocessing.examples import to_example
+    from preprocessing.image_io import BadImage, load_image
+
+    records, _ = layouts.discover(images)
+    ratios = (0.7, 0.15, 0.15)
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    writers = {}
+    written = 0
+    for record in records:
+        split = splits.split_for_patient(record.patient_id, ratios)
+        try:
+            with open(record.path, "rb") as f:
+                image = load_image(f.read())
+        except BadImage:
+            continue
+        if split not in writers:
+            os.makedirs(os.path.join(output, split), exist_ok=True)
+            path = os.path.join(output, split, "data.tfrecord.gz")
+            writers[split] = tf.io.TFRecordWriter(path, options)
+        writers[split].write(to_example(record, image).SerializeToString())
+        written += 1
+    for writer in writers.values():
+        writer.close()
+    return written
+
+
+def beam(images: str, output: str) -> int:
+    from preprocessing import layouts
+    from preprocessing.beam_job import preprocess
+
+    records, rejects = layouts.discover(images)
+    return preprocess(records, rejects, output, (0.7, 0.15, 0.15))["images_written"]
+
+
+def measure(variant: str, images: str, output: str) -> dict:
+    """Runs one variant in a subprocess; returns seconds, images and peak tree RSS."""
+    command = [sys.executable, __file__, "--run", variant, images, output]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=REPO)
+    peak = 0
+    parent = psutil.Process(process.pid)
+    while process.poll() is None:
+        try:
+            tree = [parent] + parent.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    seconds = time.perf_counter() - started
+    out = process.stdout.read().decode()
+    if process.returncode:
+        raise RuntimeError(f"{variant} failed: {out}")
+    return {"seconds": seconds, "images": int(out.strip().splitlines()[-1]), "peak_mb": peak / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--width", type=int, default=700)
+    parser.add_argument("--height", type=int, default=460)
+    parser.add_argument("--run", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        variant, images, output = args.run
+        print({"naive": naive, "beam": beam}[variant](images, output))
+        return
+    rows = []
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            make_images(tmp, size, args.width, args.height)
+            images = os.path.join(tmp, "images")
+            result = {"images": size, "cores": os.cpu_count()}
+            for variant in ("naive", "beam"):
+                m = measure(variant, images, os.path.join(tmp, f"out-{variant}"))
+                assert m["images"] == size, m
+                result[variant] = {"images_per_s": round(size / m["seconds"], 1),
+                                   "seconds": round(m["seconds"], 1),
+                                   "peak_mb": round(m["peak_mb"])}
+            result["speedup"] = round(
+                result["beam"]["images_per_s"] / result["naive"]["images_per_s"], 2)
+            rows.append(result)
+            print(json.dumps(result), flush=True)
+    print("\nimages | naive img/s | beam img/s | speed-up | naive peak MB | beam peak MB")
+    for r in rows:
+        print(f"{r['images']:>6} | {r['naive']['images_per_s']:>11} | {r['beam']['images_per_s']:>10}"
+              f" | {r['speedup']:>7}x | {r['naive']['peak_mb']:>13} | {r['beam']['peak_mb']:>12}")
+
+
+if __name__ == "__main__":
+    main()
