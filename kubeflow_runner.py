@@ -18,13 +18,16 @@ from pipeline.pipeline import create_pipeline
 
 # KFP names each step after the sanitized component id; "Trainer" becomes "trainer".
 TRAINER_STEP = "trainer"
+# Steps sized like the Trainer (the optional Tuner trains models too); only the Trainer
+# gets the GPU.
+TRAINING_STEPS = (TRAINER_STEP, "tuner")
 
 
 def resources_op(settings: KubeflowSettings) -> kubeflow_dag_runner.OpFunc:
-    """CPU/memory requests on every step, the Trainer's own values on the Trainer."""
+    """CPU/memory requests on every step, the Trainer's own values on the training steps."""
 
     def apply(op):
-        trainer = op.name == TRAINER_STEP
+        trainer = op.name in TRAINING_STEPS
         container = op.container
         container.set_cpu_request(settings.trainer_cpu_request if trainer else settings.cpu_request)
         container.set_memory_request(

@@ -33,7 +33,9 @@ def make_images(root: str, count: int, width: int, height: int) -> None:
     os.makedirs(pool, exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(DISTINCT):
-        tile = draw_tile(rng, max(width, height), bool(i % 2), np.ones(3)).crop((0, 0, width, height))
+        tile = draw_tile(rng, max(width, height), bool(i % 2), np.ones(3)).crop(
+            (0, 0, width, height)
+        )
         tile.save(os.path.join(pool, f"{i}.png"))
     for i in range(count):
         cls = "malignant" if i % 2 else "benign"
@@ -49,7 +51,7 @@ def naive(images: str, output: str) -> int:
 
     from preprocessing import layouts, splits
     from preprocessing.examples import to_example
-    from preprocessing.image_io import BadImage, load_image
+    from preprocessing.image_io import BadImageError, load_image
 
     records, _ = layouts.discover(images)
     ratios = (0.7, 0.15, 0.15)
@@ -61,7 +63,7 @@ def naive(images: str, output: str) -> int:
         try:
             with open(record.path, "rb") as f:
                 image = load_image(f.read())
-        except BadImage:
+        except BadImageError:
             continue
         if split not in writers:
             os.makedirs(os.path.join(output, split), exist_ok=True)
@@ -100,7 +102,11 @@ def measure(variant: str, images: str, output: str) -> dict:
     out = process.stdout.read().decode()
     if process.returncode:
         raise RuntimeError(f"{variant} failed: {out}")
-    return {"seconds": seconds, "images": int(out.strip().splitlines()[-1]), "peak_mb": peak / 2**20}
+    return {
+        "seconds": seconds,
+        "images": int(out.strip().splitlines()[-1]),
+        "peak_mb": peak / 2**20,
+    }
 
 
 def main() -> None:
@@ -123,17 +129,22 @@ def main() -> None:
             for variant in ("naive", "beam"):
                 m = measure(variant, images, os.path.join(tmp, f"out-{variant}"))
                 assert m["images"] == size, m
-                result[variant] = {"images_per_s": round(size / m["seconds"], 1),
-                                   "seconds": round(m["seconds"], 1),
-                                   "peak_mb": round(m["peak_mb"])}
+                result[variant] = {
+                    "images_per_s": round(size / m["seconds"], 1),
+                    "seconds": round(m["seconds"], 1),
+                    "peak_mb": round(m["peak_mb"]),
+                }
             result["speedup"] = round(
-                result["beam"]["images_per_s"] / result["naive"]["images_per_s"], 2)
+                result["beam"]["images_per_s"] / result["naive"]["images_per_s"], 2
+            )
             rows.append(result)
             print(json.dumps(result), flush=True)
     print("\nimages | naive img/s | beam img/s | speed-up | naive peak MB | beam peak MB")
     for r in rows:
-        print(f"{r['images']:>6} | {r['naive']['images_per_s']:>11} | {r['beam']['images_per_s']:>10}"
-              f" | {r['speedup']:>7}x | {r['naive']['peak_mb']:>13} | {r['beam']['peak_mb']:>12}")
+        print(
+            f"{r['images']:>6} | {r['naive']['images_per_s']:>11} | {r['beam']['images_per_s']:>10}"
+            f" | {r['speedup']:>7}x | {r['naive']['peak_mb']:>13} | {r['beam']['peak_mb']:>12}"
+        )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def PatientLeakageGate(
         detail = "; ".join(f"{p} in {', '.join(s)}" for p, s in leaks.items())
         raise RuntimeError(
             f"Patient leakage: {len(leaks)} patient(s) appear in more than one split "
-            f"({detail}). Splits must be patient-disjoint; re-run preprocessing or fix the manifest."
+            f"({detail}). Splits must be patient-disjoint: re-run preprocessing or fix the "
+            "manifest."
         )
     summary = {split: sorted(p) for split, p in patients_by_split.items()}
     with fileio.open(os.path.join(report.uri, REPORT_FILE), "w") as f:

@@ -13,7 +13,7 @@ import argparse
 import os
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from modules import features
 from preprocessing import splits
@@ -49,10 +49,10 @@ def _nucleus_boxes(
     return boxes
 
 
-def draw_tile(rng: np.random.Generator, size: int, malignant: bool, stain: np.ndarray) -> Image.Image:
+def draw_tile(
+    rng: np.random.Generator, size: int, malignant: bool, stain: np.ndarray
+) -> Image.Image:
     """One tile; ``stain`` scales the H&E colours per patient."""
-    from PIL import ImageDraw
-
     image = _stroma(rng, size, stain)
     draw = ImageDraw.Draw(image)
     if not malignant:  # lumens: white gland spaces
@@ -73,7 +73,7 @@ def pick_patients(
     """Patient ids whose hash split gives each split the wanted number of each class."""
     chosen: list[tuple[str, int]] = []
     for label, name in enumerate(features.LABEL_NAMES):
-        want = dict(zip(features.SPLITS, per_split_per_class))
+        want = dict(zip(features.SPLITS, per_split_per_class, strict=True))
         index = 0
         while any(want.values()):
             patient = f"demo-{name[0].upper()}{index:03d}"

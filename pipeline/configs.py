@@ -27,6 +27,7 @@ PIPELINE_NAME = _env("HISTO_PIPELINE_NAME", "histopath-classifier")
 # user-code wheel); on Kubeflow as dotted module paths baked into the container image.
 TRANSFORM_MODULE = "modules.transform.transform_module"
 TRAINER_MODULE = "modules.trainer.trainer_module"
+TUNER_MODULE = "modules.tuner.tuner_module"
 
 # Image size used by Transform (decode + resize) and by the Trainer's model input.
 IMAGE_SIZE = _env_int("HISTO_IMAGE_SIZE", features.DEFAULT_IMAGE_SIZE)
@@ -44,6 +45,11 @@ FINE_TUNE_LEARNING_RATE = _env_float("HISTO_FINE_TUNE_LEARNING_RATE", 1e-4)
 FINE_TUNE_FRACTION = _env_float("HISTO_FINE_TUNE_FRACTION", 0.3)
 DROPOUT = _env_float("HISTO_DROPOUT", 0.3)
 SEED = _env_int("HISTO_SEED", 42)
+
+# Optional Tuner between Transform and Trainer (off: each trial costs about one training).
+# Its best learning rate, dropout and fine-tune fraction override the settings above.
+ENABLE_TUNER = _env("HISTO_ENABLE_TUNER", "false").strip().lower() in ("1", "true", "yes", "on")
+TUNER_TRIALS = _env_int("HISTO_TUNER_TRIALS", 4)
 
 # Evaluator blessing: an absolute floor and a "must not be worse than the last blessed model".
 EVAL_SPLIT = features.TEST_SPLIT

@@ -32,7 +32,7 @@ HISTO_TRAINER_TOLERATIONS       nvidia.com/gpu:NoSchedule; key[=value][:Effect],
 HISTO_CPU_REQUEST               1      every step except the Trainer
 HISTO_MEMORY_REQUEST            4Gi
 HISTO_MEMORY_LIMIT              (none)
-HISTO_TRAINER_CPU_REQUEST       4
+HISTO_TRAINER_CPU_REQUEST       4      also the optional Tuner (HISTO_ENABLE_TUNER), no GPU
 HISTO_TRAINER_MEMORY_REQUEST    16Gi
 HISTO_TRAINER_MEMORY_LIMIT      (none)
 HISTO_USE_GCP_SECRET            0; 1 mounts the legacy ``user-gcp-sa`` secret in each pod
@@ -323,6 +323,9 @@ def create_pipeline_kwargs(settings: KubeflowSettings) -> dict[str, Any]:
         # Dotted paths: the code is baked into the image, nothing is packaged at compile time.
         transform_module=configs.TRANSFORM_MODULE,
         trainer_module=configs.TRAINER_MODULE,
+        enable_tuner=configs.ENABLE_TUNER,
+        tuner_module=configs.TUNER_MODULE,
+        tuner_trials=configs.TUNER_TRIALS,
         serving_model_dir=settings.serving_model_dir,
         image_size=configs.IMAGE_SIZE,
         trainer_config=trainer_config(),

@@ -8,11 +8,14 @@ from typing import Any
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
 from components.anomalies_gate import AnomaliesGate
 from components.patient_leakage_gate import PatientLeakageGate
+from components.pusher import dedup_executor
 from modules import features
+from modules.trainer.export import DECISION_THRESHOLD
 
 
 def _split_input_config() -> example_gen_pb2.Input:
@@ -26,10 +29,33 @@ def _split_input_config() -> example_gen_pb2.Input:
 
 
 def _module_kwargs(module: str, function_arg: str, function_name: str) -> dict[str, str]:
-    """A ``.py`` path becomes ``module_file`` (local); a dotted path names the function in the image."""
+    """A ``.py`` path is a ``module_file`` (local); a dotted path names a function in the image."""
     if module.endswith(".py"):
         return {"module_file": module}
     return {function_arg: f"{module}.{function_name}"}
+
+
+def _blessing_slices() -> list[tfma.SlicingSpec]:
+    """Slices the AUC thresholds apply to: overall, per magnification, per subtype."""
+    return [
+        tfma.SlicingSpec(),
+        tfma.SlicingSpec(feature_keys=[features.MAGNIFICATION_KEY]),
+        tfma.SlicingSpec(feature_keys=[features.SUBTYPE_KEY]),
+    ]
+
+
+def _report_metrics() -> list[tfma.MetricConfig]:
+    """What the evaluation report reads back from TFMA (components/eval_report)."""
+    threshold = f'"thresholds": [{DECISION_THRESHOLD}]'
+    return [
+        tfma.MetricConfig(class_name="Recall", config=f'"name": "sensitivity", {threshold}'),
+        tfma.MetricConfig(class_name="Specificity", config=f'"name": "specificity", {threshold}'),
+        tfma.MetricConfig(class_name="ConfusionMatrixAtThresholds", config=threshold),
+        tfma.MetricConfig(class_name="MeanLabel"),
+        tfma.MetricConfig(class_name="MeanPrediction"),
+        tfma.MetricConfig(class_name="ConfusionMatrixPlot"),  # ROC and PR curves
+        tfma.MetricConfig(class_name="CalibrationPlot", config='"num_buckets": 10'),
+    ]
 
 
 def create_eval_config(min_auc: float, max_auc_drop: float) -> tfma.EvalConfig:
@@ -43,10 +69,11 @@ def create_eval_config(min_auc: float, max_auc_drop: float) -> tfma.EvalConfig:
                 preprocessing_function_names=["transform_features"],
             )
         ],
+        # Per-patient slices feed the evaluation report's patient-level aggregation; they
+        # hold one class each, so the blessing thresholds below skip them.
         slicing_specs=[
-            tfma.SlicingSpec(),
-            tfma.SlicingSpec(feature_keys=[features.MAGNIFICATION_KEY]),
-            tfma.SlicingSpec(feature_keys=[features.SUBTYPE_KEY]),
+            *_blessing_slices(),
+            tfma.SlicingSpec(feature_keys=[features.PATIENT_ID_KEY]),
         ],
         metrics_specs=[
             tfma.MetricsSpec(
@@ -58,16 +85,22 @@ def create_eval_config(min_auc: float, max_auc_drop: float) -> tfma.EvalConfig:
                     tfma.MetricConfig(class_name="AUC", config='"name": "auc_pr", "curve": "PR"'),
                     tfma.MetricConfig(
                         class_name="AUC",
-                        threshold=tfma.MetricThreshold(
-                            value_threshold=tfma.GenericValueThreshold(
-                                lower_bound={"value": min_auc}
-                            ),
-                            change_threshold=tfma.GenericChangeThreshold(
-                                direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                                absolute={"value": -max_auc_drop - 1e-10},
-                            ),
-                        ),
+                        per_slice_thresholds=[
+                            tfma.PerSliceMetricThreshold(
+                                slicing_specs=_blessing_slices(),
+                                threshold=tfma.MetricThreshold(
+                                    value_threshold=tfma.GenericValueThreshold(
+                                        lower_bound={"value": min_auc}
+                                    ),
+                                    change_threshold=tfma.GenericChangeThreshold(
+                                        direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                                        absolute={"value": -max_auc_drop - 1e-10},
+                                    ),
+                                ),
+                            )
+                        ],
                     ),
+                    *_report_metrics(),
                 ]
             )
         ],
@@ -92,6 +125,9 @@ def create_pipeline(
     beam_pipeline_args: list[str] | None = None,
     metadata_connection_config: Any | None = None,
     enable_cache: bool = True,
+    enable_tuner: bool = False,
+    tuner_module: str | None = None,
+    tuner_trials: int = 4,
 ) -> tfx.dsl.Pipeline:
     """Lists the components in order; see the README for what each one guards."""
     components = []
@@ -131,6 +167,22 @@ def create_pipeline(
     transform.add_upstream_node(anomalies_gate)
     components.append(transform)
 
+    tuner = None
+    if enable_tuner:
+        if not tuner_module:
+            raise ValueError("enable_tuner needs tuner_module (a .py file or a dotted module)")
+        # Same data, steps and settings as the Trainer; each trial costs about one training.
+        tuner = tfx.components.Tuner(
+            examples=transform.outputs["transformed_examples"],
+            transform_graph=transform.outputs["transform_graph"],
+            schema=schema_gen.outputs["schema"],
+            train_args=tfx.proto.TrainArgs(num_steps=train_steps),
+            eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+            custom_config={**trainer_config, "image_size": image_size, "max_trials": tuner_trials},
+            **_module_kwargs(tuner_module, "tuner_fn", "tuner_fn"),
+        )
+        components.append(tuner)
+
     trainer = tfx.components.Trainer(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
@@ -138,6 +190,7 @@ def create_pipeline(
         train_args=tfx.proto.TrainArgs(num_steps=train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
         custom_config={**trainer_config, "image_size": image_size},
+        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         **_module_kwargs(trainer_module, "run_fn", "run_fn"),
     )
     components.append(trainer)
@@ -159,6 +212,7 @@ def create_pipeline(
     components.append(evaluator)
 
     pusher = tfx.components.Pusher(
+        custom_executor_spec=executor_spec.ExecutorClassSpec(dedup_executor.Executor),
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(

@@ -15,8 +15,11 @@ from modules import features
 
 
 def _latest(store: mlmd.MetadataStore, type_name: str) -> metadata_store_pb2.Artifact | None:
-    artifacts = [a for a in store.get_artifacts_by_type(type_name)
-                 if a.state == metadata_store_pb2.Artifact.LIVE]
+    artifacts = [
+        a
+        for a in store.get_artifacts_by_type(type_name)
+        if a.state == metadata_store_pb2.Artifact.LIVE
+    ]
     return max(artifacts, key=lambda a: a.id) if artifacts else None
 
 

@@ -13,7 +13,6 @@ an interrupted or rejected run never leaves a half-written span behind.
 import csv
 import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -29,16 +28,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from modules import features
 from preprocessing import splits
 from preprocessing.examples import to_example
-from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, BadImage, load_image
+from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, BadImageError, load_image
 from preprocessing.layouts import ImageRecord, Reject
+from preprocessing.progress import ProgressPrinter, WorkerCounter
 
 REJECTS_TAG = "rejects"
 REJECTS_FILE = "rejects.csv"
 SUMMARY_FILE = "summary.json"
-PROGRESS_EVERY = 100
 _SPAN_DIR = re.compile(r"^span-(\d+)$")
-
-logger = logging.getLogger(__name__)
 
 
 class PreprocessingError(RuntimeError):
@@ -54,23 +51,28 @@ def csv_line(*values: str) -> str:
 class EncodeExample(beam.DoFn):
     """Reads and validates one image; emits (split, serialized Example) or a reject line."""
 
-    def __init__(self, min_side: int, max_pixels: int):
+    def __init__(self, min_side: int, max_pixels: int, progress_dir: str | None = None):
         self._min_side = min_side
         self._max_pixels = max_pixels
         self._done = beam.metrics.Metrics.counter("preprocessing", "images_written")
         self._rejected = beam.metrics.Metrics.counter("preprocessing", "images_rejected")
-        self._seen = 0
+        self._progress_dir = progress_dir
+        self._progress: WorkerCounter | None = None
+
+    def setup(self) -> None:
+        self._progress = WorkerCounter(self._progress_dir)
+
+    def finish_bundle(self) -> None:
+        self._progress.flush()
 
     def process(self, element) -> Iterator:
         split, record = element
-        self._seen += 1
-        if self._seen % PROGRESS_EVERY == 0:
-            logger.info("worker %d: %d images processed", os.getpid(), self._seen)
+        self._progress.add()
         try:
             with FileSystems.open(record.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 data = f.read()
             image = load_image(data, self._min_side, self._max_pixels)
-        except (BadImage, OSError) as err:
+        except (BadImageError, OSError) as err:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTS_TAG, csv_line(record.source, str(err)))
             return
@@ -105,13 +107,36 @@ def run_beam(
     max_pixels: int,
 ) -> dict[str, int]:
     """Writes every split's shards and the rejects CSV under workdir; returns Beam counters."""
-    options = PipelineOptions(default_beam_args(beam_args))
-    with beam.Pipeline(options=options) as pipeline:
+    args = default_beam_args(beam_args)
+    local = not any(a.startswith("--runner") and "Direct" not in a for a in args)
+    progress_dir = os.path.join(workdir, ".progress") if local else None
+    if progress_dir:
+        os.makedirs(progress_dir)
+        printer = ProgressPrinter(progress_dir, len(assigned))
+        printer.start()
+    try:
+        counters = _run_pipeline(assigned, workdir, args, min_side, max_pixels, progress_dir)
+    finally:
+        if progress_dir:
+            printer.stop()
+            shutil.rmtree(progress_dir, ignore_errors=True)
+    return counters
+
+
+def _run_pipeline(
+    assigned: list[tuple],
+    workdir: str,
+    args: list[str],
+    min_side: int,
+    max_pixels: int,
+    progress_dir: str | None,
+) -> dict[str, int]:
+    with beam.Pipeline(options=PipelineOptions(args)) as pipeline:
         results = (
             pipeline
             | "ListImages" >> beam.Create(assigned, reshuffle=True)
             | "ReadValidateEncode"
-            >> beam.ParDo(EncodeExample(min_side, max_pixels)).with_outputs(
+            >> beam.ParDo(EncodeExample(min_side, max_pixels, progress_dir)).with_outputs(
                 REJECTS_TAG, main="examples"
             )
         )
@@ -136,7 +161,9 @@ def run_beam(
 
 def read_beam_rejects(workdir: str) -> list[Reject]:
     rejects = []
-    for path in sorted(FileSystems.match([os.path.join(workdir, "beam-rejects*")])[0].metadata_list):
+    for path in sorted(
+        FileSystems.match([os.path.join(workdir, "beam-rejects*")])[0].metadata_list
+    ):
         with open(path.path, newline="", encoding="utf-8") as f:
             rejects.extend(Reject(row[0], row[1]) for row in csv.reader(f) if row)
         os.remove(path.path)

@@ -51,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ratios = splits.parse_ratios(args.split_ratios)
         records, rejects = layouts.discover(args.input, args.layout, args.manifest)
-        logging.info("found %d images (%d unusable names) under %s", len(records) + len(rejects),
-                     len(rejects), args.input)
+        logging.info(
+            "found %d images (%d unusable names) under %s",
+            len(records) + len(rejects),
+            len(rejects),
+            args.input,
+        )
         summary = preprocess(
             records,
             rejects,

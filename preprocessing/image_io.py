@@ -16,7 +16,7 @@ DEFAULT_MIN_SIDE = 32
 DEFAULT_MAX_PIXELS = 50_000_000  # a 700x460 BreakHis image is 0.3 MP; 50 MP is a bomb here
 
 
-class BadImage(ValueError):
+class BadImageError(ValueError):
     """The file cannot become an example; the message is the reason shown in the report."""
 
 
@@ -48,7 +48,7 @@ def load_image(
 ) -> LoadedImage:
     """Validates encoded bytes fully (header, pixel data, size); returns what to store."""
     if not data:
-        raise BadImage("zero-byte file")
+        raise BadImageError("zero-byte file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -56,7 +56,7 @@ def load_image(
                 width, height = probe.size
                 fmt = probe.format
                 if width * height > max_pixels:
-                    raise BadImage(
+                    raise BadImageError(
                         f"decompression bomb: {width}x{height} = {width * height} pixels "
                         f"> limit {max_pixels}"
                     )
@@ -66,14 +66,14 @@ def load_image(
                 mode = image.mode
                 bits = image.info.get("bits", 8)
                 rgb = None if (fmt in ("PNG", "JPEG") and mode == "RGB") else _to_rgb8(image)
-    except BadImage:
+    except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise BadImage(f"decompression bomb: {err}") from None
+        raise BadImageError(f"decompression bomb: {err}") from None
     except Exception as err:  # PIL raises many types for broken files
-        raise BadImage(f"unreadable or truncated image: {type(err).__name__}: {err}") from None
+        raise BadImageError(f"unreadable or truncated image: {type(err).__name__}: {err}") from None
     if min(width, height) < min_side:
-        raise BadImage(f"too small: {width}x{height}, minimum side is {min_side}px")
+        raise BadImageError(f"too small: {width}x{height}, minimum side is {min_side}px")
     if rgb is None and bits == 8:
         return LoadedImage(data, height, width, reencoded=False)
     buffer = io.BytesIO()

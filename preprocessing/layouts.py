@@ -23,7 +23,9 @@ LAYOUTS = ("auto", "class-folders", "breakhis", "idc")
 _BREAKHIS_ORIGINAL = re.compile(
     r"^SOB_(?P<cls>[BM])_(?P<subtype>[A-Z]+)-(?P<patient>\d+-\w+?)-(?P<mag>\d+)-(?P<seq>\d+)$"
 )
-_BREAKHIS_CROP = re.compile(r"^SOB_(?P<cls>[BM])_(?P<subtype>[A-Z]+)_(?P<patient>[^_]+)_(?P<k>\d+)$")
+_BREAKHIS_CROP = re.compile(
+    r"^SOB_(?P<cls>[BM])_(?P<subtype>[A-Z]+)_(?P<patient>[^_]+)_(?P<k>\d+)$"
+)
 _IDC = re.compile(r"^(?P<patient>[^_]+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<cls>[01])$")
 _CLASS_FOLDERS = {"benign", "malignant", "0", "1"}
 
@@ -59,7 +61,9 @@ def list_images(root: str) -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                found.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
+                found.append(
+                    os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
+                )
     return sorted(found)
 
 

@@ -13,7 +13,7 @@ from modules import features
 
 
 def parse_ratios(text: str) -> tuple[float, ...]:
-    """"0.7,0.15,0.15" -> normalised ratios for train, eval, test."""
+    """ "0.7,0.15,0.15" -> normalised ratios for train, eval, test."""
     values = tuple(float(v) for v in text.split(","))
     if len(values) != len(features.SPLITS) or any(v < 0 for v in values) or sum(values) <= 0:
         raise ValueError(
@@ -33,7 +33,7 @@ def patient_bucket(patient_id: str, salt: str = "") -> float:
 def split_for_patient(patient_id: str, ratios: Sequence[float], salt: str = "") -> str:
     bucket = patient_bucket(patient_id, salt)
     cumulative = 0.0
-    for split, ratio in zip(features.SPLITS, ratios):
+    for split, ratio in zip(features.SPLITS, ratios, strict=True):
         cumulative += ratio
         if bucket < cumulative:
             return split

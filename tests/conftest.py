@@ -3,8 +3,7 @@
 import os
 
 import pytest
-
-from histo_testlib import BREAKHIS_CROPS
+from histo_testlib import BREAKHIS_CROPS, FAST_BEAM_ARGS, run_pipeline
 
 
 @pytest.fixture(scope="session")
@@ -12,3 +11,30 @@ def breakhis_crops() -> str:
     if not os.path.isdir(BREAKHIS_CROPS):
         pytest.skip(f"real BreakHis crops not found at {os.path.abspath(BREAKHIS_CROPS)}")
     return os.path.abspath(BREAKHIS_CROPS)
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> str:
+    """A preprocessed span of synthetic demo tiles (20 patients, 100 images)."""
+    from demo.generate import generate
+    from preprocessing import layouts
+    from preprocessing.beam_job import preprocess
+
+    root = tmp_path_factory.mktemp("demo")
+    images, data = str(root / "images"), str(root / "data")
+    generate(images, images_per_patient=5, size=128)
+    records, rejects = layouts.discover(images)
+    preprocess(records, rejects, data, (0.7, 0.15, 0.15), beam_args=FAST_BEAM_ARGS)
+    return data
+
+
+@pytest.fixture(scope="session")
+def first_run(demo_data, tmp_path_factory) -> dict:
+    """The real pipeline run once on demo data: {"output": dir, "summary": run summary}.
+
+    Session-scoped so every end-to-end test file reads the same trained, pushed model
+    instead of training its own. Tests that run the pipeline again in this output
+    directory add executions; they never remove what the first run produced.
+    """
+    output = str(tmp_path_factory.mktemp("run"))
+    return {"output": output, "summary": run_pipeline(demo_data, output)}

@@ -19,7 +19,9 @@ def png_bytes(mode: str = "RGB", size=(64, 64), fmt: str = "PNG", seed: int = 0)
     if mode == "I;16":
         image = Image.fromarray(rng.integers(0, 65535, size[::-1], dtype=np.uint16))
     else:
-        image = Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).convert(mode)
+        image = Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).convert(
+            mode
+        )
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
@@ -45,6 +47,64 @@ def node_states(metadata_db: str) -> dict:
     for context in store.get_contexts_by_type("node"):
         node = context.name.split(".", 1)[1]
         executions = sorted(store.get_executions_by_context(context.id), key=lambda e: e.id)
-        states[node] = [metadata_store_pb2.Execution.State.Name(e.last_known_state)
-                        for e in executions]
+        states[node] = [
+            metadata_store_pb2.Execution.State.Name(e.last_known_state) for e in executions
+        ]
     return states
+
+
+# --- Running the real pipeline small and fast (used by the end-to-end tests) ---
+
+E2E_IMAGE_SIZE = 96
+ALL_NODES = {
+    "ImportExampleGen",
+    "PatientLeakageGate",
+    "StatisticsGen",
+    "SchemaGen",
+    "ExampleValidator",
+    "AnomaliesGate",
+    "Transform",
+    "Trainer",
+    "latest_blessed_model_resolver",
+    "Evaluator",
+    "Pusher",
+}
+
+
+def small_settings(**overrides) -> dict:
+    """create_pipeline settings for a run of a few minutes on 2 cores."""
+    import local_runner
+
+    settings = dict(
+        image_size=E2E_IMAGE_SIZE,
+        trainer_config={**local_runner.trainer_config(), "epochs_head": 3, "epochs_fine_tune": 1},
+        train_steps=40,
+        eval_steps=5,
+        min_auc=0.6,
+        beam_pipeline_args=FAST_BEAM_ARGS,
+    )
+    settings.update(overrides)
+    return settings
+
+
+def run_pipeline(data_root: str, output_dir: str, **overrides) -> dict:
+    """Runs the pipeline with LocalDagRunner; returns pipeline.run_summary's summary."""
+    from tfx import v1 as tfx
+
+    import local_runner
+    from pipeline import run_summary
+
+    tfx.orchestration.LocalDagRunner().run(
+        local_runner.build(data_root, output_dir, **small_settings(**overrides))
+    )
+    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        local_runner.metadata_path(output_dir)
+    )
+    return run_summary.summarize(connection)
+
+
+def pushed_versions(output: str) -> list:
+    import local_runner
+
+    root = os.path.join(output, "serving_model", local_runner.configs.PIPELINE_NAME)
+    return sorted(os.listdir(root)) if os.path.isdir(root) else []

@@ -2,10 +2,10 @@ import io
 
 import numpy as np
 import pytest
+from histo_testlib import png_bytes
 from PIL import Image
 
-from preprocessing.image_io import BadImage, load_image
-from histo_testlib import png_bytes
+from preprocessing.image_io import BadImageError, load_image
 
 
 def decoded(data: bytes) -> Image.Image:
@@ -51,11 +51,11 @@ def test_16bit_grey_is_rescaled_not_clipped():
     ],
 )
 def test_bad_images_are_rejected_with_a_reason(data, reason):
-    with pytest.raises(BadImage, match=reason):
+    with pytest.raises(BadImageError, match=reason):
         load_image(data)
 
 
 def test_decompression_bomb_is_rejected_before_decoding():
     data = png_bytes("RGB", (400, 300))
-    with pytest.raises(BadImage, match="decompression bomb"):
+    with pytest.raises(BadImageError, match="decompression bomb"):
         load_image(data, max_pixels=100_000)

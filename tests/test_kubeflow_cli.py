@@ -300,8 +300,11 @@ def post_json(endpoint: str, path: str, body: dict) -> tuple:
     url = urllib.parse.urlsplit(endpoint)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
     connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    return response.status, json.loads(response.read())
+    try:
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
 
 
 def test_fake_server_answers_errors_like_grpc_gateway(server, tmp_path):

@@ -1,9 +1,9 @@
 import os
 
 import pytest
+from histo_testlib import png_bytes, write
 
 from preprocessing import layouts
-from histo_testlib import png_bytes, write
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 import tensorflow as tf
+from histo_testlib import FAST_BEAM_ARGS, REPO, png_bytes, write
 
 from modules import features
 from preprocessing import layouts
 from preprocessing.beam_job import PreprocessingError, preprocess
-from histo_testlib import FAST_BEAM_ARGS, REPO, png_bytes, write
 
 RATIOS = (0.5, 0.25, 0.25)
 
@@ -126,7 +126,10 @@ def test_cli_on_real_breakhis_crops_with_default_multiprocess_runner(breakhis_cr
     out = str(tmp_path / "data")
     result = subprocess.run(
         [sys.executable, "-m", "preprocessing", "--input", breakhis_crops, "--output", out],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "span 1: 78 images written, 0 rejected of 78" in result.stdout
@@ -138,14 +141,32 @@ def test_cli_on_real_breakhis_crops_with_default_multiprocess_runner(breakhis_cr
             patient = feature(example, features.PATIENT_ID_KEY)
             assert seen.setdefault(patient, split) == split
             assert feature(example, features.SUBTYPE_KEY) in {
-                b"A", b"F", b"PT", b"TA", b"DC", b"LC", b"MC", b"PC"}
+                b"A",
+                b"F",
+                b"PT",
+                b"TA",
+                b"DC",
+                b"LC",
+                b"MC",
+                b"PC",
+            }
 
 
 def test_cli_fails_clearly_on_a_missing_folder(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "preprocessing", "--input", str(tmp_path / "nope"),
-         "--output", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "preprocessing",
+            "--input",
+            str(tmp_path / "nope"),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert result.returncode == 1
     assert "no valid images left (0 rejected of 0 found)" in result.stderr

@@ -35,8 +35,11 @@ def test_bad_ratios(text):
 def test_summary_and_missing_class_warning():
     rows = [("train", "p1", 0), ("train", "p2", 1), ("train", "p2", 1), ("eval", "p3", 1)]
     summary = splits.summarize(rows)
-    assert summary["train"] == {"images": 3, "patients": 2,
-                                "per_class": {"benign": 1, "malignant": 2}}
+    assert summary["train"] == {
+        "images": 3,
+        "patients": 2,
+        "per_class": {"benign": 1, "malignant": 2},
+    }
     warnings = splits.class_warnings(summary)
     assert any("'eval' has no benign" in w for w in warnings)
     assert any("'test' has no benign and no malignant" in w for w in warnings)

@@ -7,12 +7,15 @@ watch validation AUC. On a GPU node the same code uses MirroredStrategy and mixe
 precision; on a laptop it runs on the CPU.
 """
 
+import dataclasses
 import json
 import logging
 import math
 import os
-from typing import Any, Dict, List
+from collections.abc import Callable
+from typing import Any
 
+import keras_tuner
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
@@ -21,7 +24,7 @@ from modules import features
 from modules.trainer import backbones, data, export
 from modules.trainer.model import build_classifier, freeze_backbone, unfreeze_top
 
-DEFAULTS: Dict[str, Any] = {
+DEFAULTS: dict[str, Any] = {
     "backbone": "mobilenet_v2",
     "weights": "auto",
     "image_size": features.DEFAULT_IMAGE_SIZE,
@@ -37,14 +40,31 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 
-def hyperparameters(custom_config: Dict[str, Any]) -> Dict[str, Any]:
+def hyperparameters(custom_config: dict[str, Any]) -> dict[str, Any]:
     unknown = set(custom_config or {}) - set(DEFAULTS) - {"weights_cache_dir"}
     if unknown:
         raise ValueError(f"unknown trainer settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     return {**DEFAULTS, **(custom_config or {})}
 
 
-def class_weights(counts: List[int]) -> Dict[int, float]:
+def tuned_values(tuned_config: dict[str, Any] | None) -> dict[str, Any]:
+    """The Tuner's best values from its ``HyperParameters`` config (``fn_args.hyperparameters``).
+
+    They override custom_config; keras_tuner's own bookkeeping entries ("tuner/...") are
+    dropped, anything else must be a trainer setting (``hyperparameters`` checks).
+    """
+    if not tuned_config:
+        return {}
+    values = keras_tuner.HyperParameters.from_config(tuned_config).values
+    return {k: v for k, v in values.items() if not k.startswith("tuner/")}
+
+
+def global_batch_size(per_replica: int, replicas: int) -> int:
+    """Each replica keeps the configured batch, so the global batch grows with replicas."""
+    return int(per_replica) * max(1, int(replicas))
+
+
+def class_weights(counts: list[int]) -> dict[int, float]:
     """Inverse-frequency weights (sklearn's 'balanced'): each class contributes equally."""
     total = sum(counts)
     present = [c for c in counts if c]
@@ -60,7 +80,8 @@ def distribution_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def _callbacks(run_dir: str, patience: int, phase: str) -> List[tf.keras.callbacks.Callback]:
+def schedule_callbacks(patience: int) -> list[tf.keras.callbacks.Callback]:
+    """Early stopping and LR decay on validation AUC: part of the recipe (the Tuner uses them)."""
     return [
         tf.keras.callbacks.EarlyStopping(
             monitor="val_auc", mode="max", patience=patience, restore_best_weights=True
@@ -68,6 +89,11 @@ def _callbacks(run_dir: str, patience: int, phase: str) -> List[tf.keras.callbac
         tf.keras.callbacks.ReduceLROnPlateau(
             monitor="val_auc", mode="max", factor=0.3, patience=max(1, patience // 2), min_lr=1e-6
         ),
+    ]
+
+
+def _callbacks(run_dir: str, patience: int, phase: str) -> list[tf.keras.callbacks.Callback]:
+    return schedule_callbacks(patience) + [
         tf.keras.callbacks.ModelCheckpoint(
             os.path.join(run_dir, "checkpoints", f"{phase}-best.weights.h5"),
             monitor="val_auc",
@@ -79,7 +105,8 @@ def _callbacks(run_dir: str, patience: int, phase: str) -> List[tf.keras.callbac
     ]
 
 
-def _compile(model: tf.keras.Model, learning_rate: float) -> None:
+def compile_model(model: tf.keras.Model, learning_rate: float) -> None:
+    """Adam + binary cross-entropy, with the metrics the callbacks and the Tuner watch."""
     model.compile(
         optimizer=tf.keras.optimizers.Adam(learning_rate),
         loss=tf.keras.losses.BinaryCrossentropy(),
@@ -92,67 +119,128 @@ def _compile(model: tf.keras.Model, learning_rate: float) -> None:
     )
 
 
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    """TFX Trainer entry point."""
-    hp = hyperparameters(fn_args.custom_config)
-    tf.keras.utils.set_random_seed(int(hp["seed"]))
-    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+@dataclasses.dataclass
+class TrainingInputs:
+    """What the Trainer and the Tuner feed to ``fit``, and the counts behind it."""
+
+    train_counts: list[int]
+    eval_counts: list[int]
+    class_weights: dict[int, float]
+    fit_kwargs: dict[str, Any]
+
+
+def training_inputs(
+    fn_args: tfx.components.FnArgs,
+    tf_transform_output: tft.TFTransformOutput,
+    hp: dict[str, Any],
+    replicas: int,
+) -> TrainingInputs:
+    """Datasets, steps and class weights for ``fit``.
+
+    An epoch covers each split once, capped so that all epochs together stay within
+    ``train_steps`` (TFX passes None when the proto leaves num_steps unset).
+    """
     train_counts = data.count_labels(fn_args.train_files, tf_transform_output)
     eval_counts = data.count_labels(fn_args.eval_files, tf_transform_output)
     weights = class_weights(train_counts)
-    logging.info("train images per class %s, eval %s, class weights %s",
-                 train_counts, eval_counts, weights)
-
-    strategy = distribution_strategy()
-    batch_size = int(hp["batch_size"]) * strategy.num_replicas_in_sync
-    n_train = sum(train_counts)
-    epochs = int(hp["epochs_head"]) + int(hp["epochs_fine_tune"])
-    steps_per_epoch = max(1, min(math.ceil(n_train / batch_size), fn_args.train_steps // epochs))
-    validation_steps = max(1, min(math.ceil(sum(eval_counts) / batch_size), fn_args.eval_steps))
-    train_ds = data.make_dataset(fn_args.train_files, tf_transform_output, batch_size, True,
-                                 n_train, int(hp["seed"]))
-    eval_ds = data.make_dataset(fn_args.eval_files, tf_transform_output, batch_size, False,
-                                sum(eval_counts), int(hp["seed"]))
-
-    with strategy.scope():
-        backbone = backbones.build_backbone(
-            hp["backbone"], int(hp["image_size"]), hp["weights"], hp.get("weights_cache_dir")
-        )
-        model = build_classifier(backbone, int(hp["image_size"]), float(hp["dropout"]))
-        freeze_backbone(backbone.model)
-        _compile(model, float(hp["learning_rate"]))
-    logging.info("backbone %s, weights: %s", backbone.name, backbone.weights_source)
-
-    fit = dict(
-        x=train_ds,
-        validation_data=eval_ds,
-        steps_per_epoch=steps_per_epoch,
-        validation_steps=validation_steps,
+    batch_size = global_batch_size(hp["batch_size"], replicas)
+    n_train, n_eval, seed = sum(train_counts), sum(eval_counts), int(hp["seed"])
+    epochs = max(1, int(hp["epochs_head"]) + int(hp["epochs_fine_tune"]))
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    if fn_args.train_steps:
+        steps_per_epoch = min(steps_per_epoch, fn_args.train_steps // epochs)
+    validation_steps = math.ceil(n_eval / batch_size)
+    if fn_args.eval_steps:
+        validation_steps = min(validation_steps, fn_args.eval_steps)
+    fit_kwargs = dict(
+        x=data.make_dataset(
+            fn_args.train_files, tf_transform_output, batch_size, True, n_train, seed
+        ),
+        validation_data=data.make_dataset(
+            fn_args.eval_files, tf_transform_output, batch_size, False, n_eval, seed
+        ),
+        steps_per_epoch=max(1, steps_per_epoch),
+        validation_steps=max(1, validation_steps),
         class_weight=weights,
         verbose=2,
     )
-    patience = int(hp["early_stopping_patience"])
-    history = {"head": model.fit(epochs=int(hp["epochs_head"]),
-                                 callbacks=_callbacks(fn_args.model_run_dir, patience, "head"),
-                                 **fit).history}
+    return TrainingInputs(train_counts, eval_counts, weights, fit_kwargs)
+
+
+def build_model(hp: dict[str, Any]) -> tuple[tf.keras.Model, backbones.Backbone]:
+    """Backbone + head, backbone frozen, compiled for phase 1. Call inside the strategy scope."""
+    backbone = backbones.build_backbone(
+        hp["backbone"], int(hp["image_size"]), hp["weights"], hp.get("weights_cache_dir")
+    )
+    model = build_classifier(backbone, int(hp["image_size"]), float(hp["dropout"]))
+    freeze_backbone(backbone.model)
+    compile_model(model, float(hp["learning_rate"]))
+    return model, backbone
+
+
+def fit_two_phases(
+    model: tf.keras.Model,
+    backbone_model: tf.keras.Model,
+    hp: dict[str, Any],
+    strategy: tf.distribute.Strategy,
+    callbacks: Callable[[str], list[tf.keras.callbacks.Callback]],
+    **fit_kwargs: Any,
+) -> dict[str, dict[str, list[float]]]:
+    """Phase "head" on the frozen backbone, then "fine_tune" of its top at a lower rate.
+
+    One function for the Trainer, the Tuner and the benchmarks, so they all train the same
+    way. ``callbacks(phase)`` gives each phase fresh callbacks. Returns the Keras histories.
+    """
+    history = {
+        "head": model.fit(
+            epochs=int(hp["epochs_head"]), callbacks=callbacks("head"), **fit_kwargs
+        ).history
+    }
     if int(hp["epochs_fine_tune"]) > 0 and float(hp["fine_tune_fraction"]) > 0:
         with strategy.scope():
-            trainable = unfreeze_top(backbone.model, float(hp["fine_tune_fraction"]))
-            _compile(model, float(hp["fine_tune_learning_rate"]))
+            trainable = unfreeze_top(backbone_model, float(hp["fine_tune_fraction"]))
+            compile_model(model, float(hp["fine_tune_learning_rate"]))
         logging.info("fine-tuning %d backbone layers", trainable)
         history["fine_tune"] = model.fit(
-            epochs=int(hp["epochs_fine_tune"]),
-            callbacks=_callbacks(fn_args.model_run_dir, patience, "fine_tune"),
-            **fit,
+            epochs=int(hp["epochs_fine_tune"]), callbacks=callbacks("fine_tune"), **fit_kwargs
         ).history
+    return history
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    """TFX Trainer entry point; the Tuner's best values, when wired in, override custom_config."""
+    hp = hyperparameters({**(fn_args.custom_config or {}), **tuned_values(fn_args.hyperparameters)})
+    tf.keras.utils.set_random_seed(int(hp["seed"]))
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    strategy = distribution_strategy()
+    inputs = training_inputs(fn_args, tf_transform_output, hp, strategy.num_replicas_in_sync)
+    train_counts, eval_counts = inputs.train_counts, inputs.eval_counts
+    weights = inputs.class_weights
+    logging.info(
+        "train images per class %s, eval %s, class weights %s", train_counts, eval_counts, weights
+    )
+
+    with strategy.scope():
+        model, backbone = build_model(hp)
+    logging.info("backbone %s, weights: %s", backbone.name, backbone.weights_source)
+
+    patience = int(hp["early_stopping_patience"])
+    history = fit_two_phases(
+        model,
+        backbone.model,
+        hp,
+        strategy,
+        lambda phase: _callbacks(fn_args.model_run_dir, patience, phase),
+        **inputs.fit_kwargs,
+    )
 
     metadata = {
         "backbone": backbone.name,
         "weights_source": backbone.weights_source,
         "last_conv_layer": backbone.last_conv_layer,
         "hyperparameters": hp,
-        "train_images_per_class": dict(zip(features.LABEL_NAMES, train_counts)),
-        "eval_images_per_class": dict(zip(features.LABEL_NAMES, eval_counts)),
+        "train_images_per_class": dict(zip(features.LABEL_NAMES, train_counts, strict=True)),
+        "eval_images_per_class": dict(zip(features.LABEL_NAMES, eval_counts, strict=True)),
         "class_weights": weights,
         "replicas": strategy.num_replicas_in_sync,
         "mixed_precision": tf.keras.mixed_precision.global_policy().name,
