@@ -24,21 +24,6 @@ def module_file(dotted: str) -> str:
     return os.path.join(HERE, *dotted.split(".")) + ".py"
 
 
-def trainer_config() -> dict:
-    return {
-        "backbone": configs.BACKBONE,
-        "weights": configs.WEIGHTS,
-        "batch_size": configs.TRAIN_BATCH_SIZE,
-        "epochs_head": configs.EPOCHS_HEAD,
-        "epochs_fine_tune": configs.EPOCHS_FINE_TUNE,
-        "learning_rate": configs.LEARNING_RATE,
-        "fine_tune_learning_rate": configs.FINE_TUNE_LEARNING_RATE,
-        "fine_tune_fraction": configs.FINE_TUNE_FRACTION,
-        "dropout": configs.DROPOUT,
-        "seed": configs.SEED,
-    }
-
-
 def build(data_root: str, output_dir: str, **overrides) -> tfx.dsl.Pipeline:
     """The pipeline with configs' settings; tests pass overrides for create_pipeline's args."""
     tfx_root = os.path.join(output_dir, "tfx")
@@ -53,7 +38,7 @@ def build(data_root: str, output_dir: str, **overrides) -> tfx.dsl.Pipeline:
         tuner_trials=configs.TUNER_TRIALS,
         serving_model_dir=os.path.join(output_dir, "serving_model", configs.PIPELINE_NAME),
         image_size=configs.IMAGE_SIZE,
-        trainer_config=trainer_config(),
+        trainer_config=configs.trainer_config(),
         train_steps=configs.TRAIN_NUM_STEPS,
         eval_steps=configs.EVAL_NUM_STEPS,
         min_auc=configs.MIN_AUC,

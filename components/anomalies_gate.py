@@ -22,7 +22,7 @@ REPORT_FILE = "anomalies_summary.json"
 class AnomaliesCheck(Artifact):
     """Per-split anomaly summary: written by the gate when it passes."""
 
-    TYPE_NAME = "AnomaliesCheck"
+    TYPE_NAME = "histopath.AnomaliesCheck"
 
 
 def anomalies_by_split(anomalies: Artifact) -> dict[str, list[str]]:

@@ -24,7 +24,7 @@ REPORT_FILE = "patients_per_split.json"
 class PatientSplitReport(Artifact):
     """Which patients each split holds: written by the gate when it passes."""
 
-    TYPE_NAME = "PatientSplitReport"
+    TYPE_NAME = "histopath.PatientSplitReport"
 
 
 def find_leaking_patients(patients_by_split: dict[str, set[str]]) -> dict[str, list]:

@@ -5,6 +5,7 @@ pass their own. Every setting has a documented default that works for the demo.
 """
 
 import os
+from typing import Any
 
 from modules import features
 
@@ -62,3 +63,19 @@ LOCAL_BEAM_PIPELINE_ARGS: list[str] = [
     "--direct_running_mode=multi_processing",
     "--direct_num_workers=0",
 ]
+
+
+def trainer_config() -> dict[str, Any]:
+    """The Trainer's custom_config from these settings (the pipeline adds image_size)."""
+    return {
+        "backbone": BACKBONE,
+        "weights": WEIGHTS,
+        "batch_size": TRAIN_BATCH_SIZE,
+        "epochs_head": EPOCHS_HEAD,
+        "epochs_fine_tune": EPOCHS_FINE_TUNE,
+        "learning_rate": LEARNING_RATE,
+        "fine_tune_learning_rate": FINE_TUNE_LEARNING_RATE,
+        "fine_tune_fraction": FINE_TUNE_FRACTION,
+        "dropout": DROPOUT,
+        "seed": SEED,
+    }

@@ -298,22 +298,6 @@ def from_env(env: Mapping[str, str] | None = None) -> KubeflowSettings:
     )
 
 
-def trainer_config() -> dict[str, Any]:
-    """The Trainer's custom_config from pipeline.configs (image_size is added by the pipeline)."""
-    return {
-        "backbone": configs.BACKBONE,
-        "weights": configs.WEIGHTS,
-        "batch_size": configs.TRAIN_BATCH_SIZE,
-        "epochs_head": configs.EPOCHS_HEAD,
-        "epochs_fine_tune": configs.EPOCHS_FINE_TUNE,
-        "learning_rate": configs.LEARNING_RATE,
-        "fine_tune_learning_rate": configs.FINE_TUNE_LEARNING_RATE,
-        "fine_tune_fraction": configs.FINE_TUNE_FRACTION,
-        "dropout": configs.DROPOUT,
-        "seed": configs.SEED,
-    }
-
-
 def create_pipeline_kwargs(settings: KubeflowSettings) -> dict[str, Any]:
     """The create_pipeline arguments both cluster runners share (module paths, not files)."""
     return dict(
@@ -328,7 +312,7 @@ def create_pipeline_kwargs(settings: KubeflowSettings) -> dict[str, Any]:
         tuner_trials=configs.TUNER_TRIALS,
         serving_model_dir=settings.serving_model_dir,
         image_size=configs.IMAGE_SIZE,
-        trainer_config=trainer_config(),
+        trainer_config=configs.trainer_config(),
         train_steps=configs.TRAIN_NUM_STEPS,
         eval_steps=configs.EVAL_NUM_STEPS,
         min_auc=configs.MIN_AUC,

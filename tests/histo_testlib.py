@@ -73,11 +73,11 @@ ALL_NODES = {
 
 def small_settings(**overrides) -> dict:
     """create_pipeline settings for a run of a few minutes on 2 cores."""
-    import local_runner
+    from pipeline import configs
 
     settings = dict(
         image_size=E2E_IMAGE_SIZE,
-        trainer_config={**local_runner.trainer_config(), "epochs_head": 3, "epochs_fine_tune": 1},
+        trainer_config={**configs.trainer_config(), "epochs_head": 3, "epochs_fine_tune": 1},
         train_steps=40,
         eval_steps=5,
         min_auc=0.6,

@@ -1,0 +1,104 @@
+"""TFX component: Grad-CAM overlays of the audit set for the model the Trainer just made.
+
+Runs on the candidate whether or not it gets blessed, because a reviewer wants to see why
+a model failed as much as why it passed. A model without any conv feature map (possible
+only for hand-made test models) gets a gallery that says so instead of failing the run.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+
+from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.dsl.io import fileio
+from tfx.types.artifact import Artifact
+
+from components.grad_cam import audit_set, cam, model_io, render
+from modules import features
+from modules.trainer import export
+
+GALLERY_FILE = "index.html"
+SUMMARY_FILE = "audit_set.json"
+
+
+class GradCamGallery(Artifact):
+    """PNG overlays of a fixed audit set and ``index.html`` showing them."""
+
+    TYPE_NAME = "GradCamGallery"
+
+
+def _write(uri: str, name: str, data: bytes | str) -> None:
+    with fileio.open(os.path.join(uri, name), "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+
+
+def build_gallery(model_uri: str, examples: Artifact, split: str, per_class: int, out: str) -> dict:
+    """Writes PNGs, index.html and audit_set.json under ``out``; returns the summary."""
+    model = model_io.load_classifier(model_uri)
+    metadata = model_io.read_training_metadata(model_uri)
+    tiles = audit_set.load_audit_set(examples, split, per_class)
+    images = model_io.decode_images([image for _, image in tiles], model_io.image_size(model))
+    facts = {
+        "backbone": metadata.get("backbone", "unknown"),
+        "weights": metadata.get("weights_source", "unknown"),
+        "split": split,
+        "model": model_uri,
+    }
+    summary = {"split": split, "per_class": per_class, "tiles": [], **facts}
+    try:
+        result = cam.grad_cam(model, images, metadata.get("last_conv_layer"))
+    except ValueError as error:
+        logging.warning("Grad-CAM unavailable: %s", error)
+        summary.update(status="unavailable", reason=str(error))
+        body = f"<p>Grad-CAM unavailable for this model: {error}</p>"
+        _write(out, GALLERY_FILE, f"<!DOCTYPE html><html><body>{body}</body></html>")
+        _write(out, SUMMARY_FILE, json.dumps(summary, indent=2))
+        return summary
+    facts.update(conv_layer=f"{result.conv_layer} (from {result.conv_layer_source})")
+    entries = []
+    for index, (tile, _) in enumerate(tiles):
+        png = f"{index:02d}_{features.LABEL_NAMES[tile.label]}.png"
+        _write(
+            out,
+            png,
+            render.triptych_png(
+                images[index], result.heatmaps[index], result.benign_heatmaps[index]
+            ),
+        )
+        probability = float(result.probabilities[index])
+        entry = render.GalleryEntry(
+            png=png,
+            source=tile.source,
+            patient_id=tile.patient_id,
+            label_name=features.LABEL_NAMES[tile.label],
+            probability=probability,
+            predicted_name=features.LABEL_NAMES[int(probability >= export.DECISION_THRESHOLD)],
+            magnification=tile.magnification,
+            subtype=tile.subtype,
+        )
+        entries.append(entry)
+        centre = cam.centre_of_mass(result.heatmaps[index])
+        summary["tiles"].append({**dataclasses.asdict(entry), "malignant_centre_of_mass": centre})
+    _write(out, GALLERY_FILE, render.gallery_html(entries, facts))
+    summary.update(
+        status="ok", conv_layer=result.conv_layer, conv_layer_source=result.conv_layer_source
+    )
+    _write(out, SUMMARY_FILE, json.dumps(summary, indent=2))
+    return summary
+
+
+@component
+def GradCam(
+    model: InputArtifact[tfx.types.standard_artifacts.Model],
+    examples: InputArtifact[tfx.types.standard_artifacts.Examples],
+    gallery: OutputArtifact[GradCamGallery],
+    split: Parameter[str] = features.EVAL_SPLIT,
+    per_class: Parameter[int] = 4,
+) -> None:
+    """Heatmaps for ``per_class`` tiles of each class of ``split``, spread over patients."""
+    summary = build_gallery(model.uri, examples, split, per_class, gallery.uri)
+    gallery.set_string_custom_property("status", summary["status"])
+    gallery.set_int_custom_property("num_images", len(summary["tiles"]))
