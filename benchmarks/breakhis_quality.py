@@ -8,6 +8,8 @@ Data: the BreakHis crops in ``../shared/data/breakhis-crops`` (labels and patien
 Split: grouped k-fold by patient, stratified by the patients' class, so every image is
 scored exactly once by a model that never saw its patient. Patient ids that differ only by
 a trailing letter (``14-14134`` / ``14-14134E``) are kept in one group to be safe.
+``--splits patient image`` adds a control with the same folds count but split by image
+(every patient in every fold): the leaky protocol, to show what patient leakage is worth.
 
 Recipe: the Trainer's own code, for both arms: ``trainer_module.build_model`` (backbone +
 head), ``data.make_dataset`` (augmentation on training only), ``class_weights``, and
@@ -19,7 +21,13 @@ same fixed epochs (the Trainer's defaults unless overridden).
 Reported: AUC and accuracy (threshold 0.5) of the pooled out-of-fold predictions, and the
 mean / sd over folds.
 
-    .venv/bin/python benchmarks/breakhis_quality.py --image-size 224 --folds 4
+Reading it: the recipe runs the backbone in inference mode, so a randomly initialised
+backbone (whose BatchNorm statistics are the init's 0 / 1) yields near-zero, constant
+features, and the random arm predicts one value for every image (AUC 0.5). That is the
+point of the comparison (this recipe needs ImageNet weights), not a from-scratch baseline.
+
+    .venv/bin/python benchmarks/breakhis_quality.py --image-size 224 --folds 4 \
+        --splits patient image
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import re
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -45,6 +53,7 @@ from preprocessing import layouts
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "breakhis-crops")
 ARMS = {"imagenet": "offline", "random": "random"}  # arm -> backbones weights mode
+SPLITS = {"patient": "patient-disjoint", "image": "image-level (leaky)"}
 
 
 class SpecOf:
@@ -67,14 +76,33 @@ def patient_group(patient_id: str) -> str:
     return re.sub(r"[A-Za-z]+$", "", patient_id)
 
 
-def write_patient_records(root: str, output: str, image_size: int) -> dict[str, tuple]:
-    """{group: (records path, label, images)}: Transform-decoded images, one file per group."""
+def patient_key(record: layouts.ImageRecord, position: int) -> str:
+    """The honest split: all images of a patient (group) fall in one fold."""
+    return patient_group(record.patient_id)
+
+
+def image_key(folds: int) -> Callable[[layouts.ImageRecord, int], str]:
+    """The leaky control: a patient's images are dealt over all folds."""
+    return lambda record, position: f"{patient_group(record.patient_id)}#{position % folds}"
+
+
+def write_group_records(
+    root: str, output: str, image_size: int, key: Callable[[layouts.ImageRecord, int], str]
+) -> dict[str, tuple]:
+    """{group: (records path, label, images)}: Transform-decoded images, one file per group.
+
+    ``key(record, position)`` names a record's group; position counts the patient's images.
+    """
     records, rejects = layouts.discover(root)
     if rejects:
         print(f"skipped {len(rejects)} files: {rejects[:3]}")
     by_group: dict[str, list] = {}
+    seen: dict[str, int] = {}
     for record in records:
-        by_group.setdefault(patient_group(record.patient_id), []).append(record)
+        position = seen.get(record.patient_id, 0)
+        seen[record.patient_id] = position + 1
+        by_group.setdefault(key(record, position), []).append(record)
+    os.makedirs(output, exist_ok=True)
     groups = {}
     options = tf.io.TFRecordOptions(compression_type="GZIP")
     for group, members in sorted(by_group.items()):
@@ -85,7 +113,7 @@ def write_patient_records(root: str, output: str, image_size: int) -> dict[str, 
             with open(member.path, "rb") as f:
                 encoded.append(f.read())
         images = decode_and_resize(tf.constant(encoded), image_size).numpy()
-        path = os.path.join(output, f"{group}.tfrecord.gz")
+        path = os.path.join(output, f"{group.replace('#', '_')}.tfrecord.gz")
         with tf.io.TFRecordWriter(path, options) as writer:
             for image in images:
                 writer.write(_example(image, members[0].label))
@@ -118,6 +146,11 @@ def grouped_folds(groups: dict[str, tuple], k: int) -> list[list[str]]:
             folds[slot % k].append(group)
             slot += 1
     return folds
+
+
+def image_folds(groups: dict[str, tuple], k: int) -> list[list[str]]:
+    """Folds of the leaky control: fold j holds every patient's j-th share of images."""
+    return [[g for g in groups if g.endswith(f"#{j}")] for j in range(k)]
 
 
 def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
@@ -205,25 +238,39 @@ def run_arm(arm: str, hp: dict, groups: dict, folds: list[list[str]], image_size
 def print_report(args: argparse.Namespace, results: dict, sources: dict, seconds: float) -> None:
     hp = trainer_module.DEFAULTS
     print(
-        f"\nBreakHis crops, {args.image_size} px, {args.folds}-fold grouped-by-patient CV; "
-        f"MobileNetV2, epochs head {args.epochs_head} + fine-tune {args.epochs_fine_tune} "
-        f"(top {hp['fine_tune_fraction']:.0%} of layers, BatchNorm frozen), batch "
-        f"{args.batch_size}, lr {hp['learning_rate']} / {hp['fine_tune_learning_rate']}, "
-        f"augmentation + class weights on, no early stopping; {seconds:.0f} s on "
-        f"{os.cpu_count()} CPUs"
+        f"\nBreakHis crops, {args.image_size} px, {args.folds}-fold CV; MobileNetV2, epochs "
+        f"head {args.epochs_head} + fine-tune {args.epochs_fine_tune} (top "
+        f"{hp['fine_tune_fraction']:.0%} of layers, BatchNorm frozen), batch {args.batch_size}, "
+        f"lr {hp['learning_rate']} / {hp['fine_tune_learning_rate']}, augmentation + class "
+        f"weights on, no early stopping; {seconds:.0f} s on {os.cpu_count()} CPUs"
     )
-    print("arm      | pooled AUC | pooled acc | fold AUC mean (sd) | fold acc mean (sd) | weights")
-    for arm, r in results.items():
+    print(
+        "split                 | arm      | pooled AUC | pooled acc | fold AUC mean (sd) "
+        "| fold acc mean (sd)"
+    )
+    for (split, arm), r in results.items():
         print(
-            f"{arm:<8} | {r['pooled_auc']:>10.3f} | {r['pooled_acc']:>10.3f} | "
-            f"{r['fold_auc_mean']:>6.3f} ({r['fold_auc_sd']:.3f})     | "
-            f"{r['fold_acc_mean']:>6.3f} ({r['fold_acc_sd']:.3f})     | {sources[arm]}"
+            f"{SPLITS[split]:<21} | {arm:<8} | {r['pooled_auc']:>10.3f} | "
+            f"{r['pooled_acc']:>10.3f} | {r['fold_auc_mean']:>6.3f} ({r['fold_auc_sd']:.3f})    "
+            f" | {r['fold_acc_mean']:>6.3f} ({r['fold_acc_sd']:.3f})"
         )
-    for arm, r in results.items():
+    for (split, arm), r in results.items():
         print(
-            f"{arm} per fold AUC {[round(a, 3) for a in r['fold_auc']]} "
+            f"{split}/{arm} per fold AUC {[round(a, 3) for a in r['fold_auc']]} "
             f"acc {[round(a, 3) for a in r['fold_acc']]}"
         )
+    for arm, source in sources.items():
+        print(f"{arm} weights: {source}")
+
+
+def split_data(split: str, work: str, args: argparse.Namespace) -> tuple[dict, list[list[str]]]:
+    """(groups, folds) of one split, records written under work/split."""
+    output = os.path.join(work, split)
+    if split == "patient":
+        groups = write_group_records(args.data, output, args.image_size, patient_key)
+        return groups, grouped_folds(groups, args.folds)
+    groups = write_group_records(args.data, output, args.image_size, image_key(args.folds))
+    return groups, image_folds(groups, args.folds)
 
 
 def main() -> None:
@@ -237,29 +284,37 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=trainer_module.DEFAULTS["batch_size"])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=["patient"],
+        choices=list(SPLITS),
+        help="'image' adds the patient-leaky control",
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
     results, sources = {}, {}
     with tempfile.TemporaryDirectory() as work:
-        groups = write_patient_records(args.data, work, args.image_size)
-        folds = grouped_folds(groups, args.folds)
-        print(f"{sum(n for *_, n in groups.values())} images, {len(groups)} patient groups")
-        for index, fold in enumerate(folds):
-            described = ", ".join(f"{g}({features.LABEL_NAMES[groups[g][1]][0]})" for g in fold)
-            print(f"fold {index}: {described}")
-        for arm in args.arms:
-            hp = trainer_module.hyperparameters(
-                {
-                    "image_size": args.image_size,
-                    "weights": ARMS[arm],
-                    "batch_size": args.batch_size,
-                    "epochs_head": args.epochs_head,
-                    "epochs_fine_tune": args.epochs_fine_tune,
-                }
-            )
-            per_fold, sources[arm] = run_arm(arm, hp, groups, folds, args.image_size)
-            results[arm] = summarize(per_fold)
+        for split in args.splits:
+            groups, folds = split_data(split, work, args)
+            images = sum(n for *_, n in groups.values())
+            print(f"{SPLITS[split]}: {images} images, {len(groups)} groups")
+            for index, fold in enumerate(folds):
+                named = ", ".join(f"{g}({features.LABEL_NAMES[groups[g][1]][0]})" for g in fold)
+                print(f"  fold {index}: {named}")
+            for arm in args.arms:
+                hp = trainer_module.hyperparameters(
+                    {
+                        "image_size": args.image_size,
+                        "weights": ARMS[arm],
+                        "batch_size": args.batch_size,
+                        "epochs_head": args.epochs_head,
+                        "epochs_fine_tune": args.epochs_fine_tune,
+                    }
+                )
+                per_fold, sources[arm] = run_arm(arm, hp, groups, folds, args.image_size)
+                results[(split, arm)] = summarize(per_fold)
     print_report(args, results, sources, time.perf_counter() - started)
 
 

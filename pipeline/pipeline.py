@@ -12,8 +12,11 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
 from components.anomalies_gate import AnomaliesGate
+from components.eval_report.component import EvalReport
+from components.grad_cam.component import GradCam
 from components.patient_leakage_gate import PatientLeakageGate
 from components.pusher import dedup_executor
+from components.tflite_export.component import TFLiteExport, TFLitePusher
 from modules import features
 from modules.trainer.export import DECISION_THRESHOLD
 
@@ -195,6 +198,14 @@ def create_pipeline(
     )
     components.append(trainer)
 
+    # Heatmaps of a fixed eval-split audit set, for every candidate (blessed or not).
+    grad_cam = GradCam(
+        model=trainer.outputs["model"],
+        examples=example_gen.outputs["examples"],
+        split=features.EVAL_SPLIT,
+    )
+    components.append(grad_cam)
+
     model_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -211,6 +222,24 @@ def create_pipeline(
     )
     components.append(evaluator)
 
+    eval_report = EvalReport(
+        evaluation=evaluator.outputs["evaluation"],
+        blessing=evaluator.outputs["blessing"],
+        model=trainer.outputs["model"],
+        statistics=statistics_gen.outputs["statistics"],
+        examples=example_gen.outputs["examples"],
+        eval_split=eval_split,
+    )
+    components.append(eval_report)
+
+    # Converted for every candidate; parity on the Evaluator's split gates shipping it.
+    tflite_export = TFLiteExport(
+        model=trainer.outputs["model"],
+        examples=example_gen.outputs["examples"],
+        split=eval_split,
+    )
+    components.append(tflite_export)
+
     pusher = tfx.components.Pusher(
         custom_executor_spec=executor_spec.ExecutorClassSpec(dedup_executor.Executor),
         model=trainer.outputs["model"],
@@ -220,6 +249,12 @@ def create_pipeline(
         ),
     )
     components.append(pusher)
+
+    # Copies model.tflite into the pushed version's assets.extra/ if pushed and at parity.
+    tflite_pusher = TFLitePusher(
+        tflite=tflite_export.outputs["tflite"], pushed_model=pusher.outputs["pushed_model"]
+    )
+    components.append(tflite_pusher)
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,

@@ -65,9 +65,13 @@ ALL_NODES = {
     "AnomaliesGate",
     "Transform",
     "Trainer",
+    "GradCam",
     "latest_blessed_model_resolver",
     "Evaluator",
+    "EvalReport",
+    "TFLiteExport",
     "Pusher",
+    "TFLitePusher",
 }
 
 

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from histo_testlib import node_states
 
 import local_runner
 from components.grad_cam import audit_set, cam
+from histo_testlib import node_states
 from modules.trainer import backbones
 from modules.trainer.model import build_classifier
 
@@ -33,7 +33,8 @@ def blob_model() -> tf.keras.Model:
     tf.keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     inputs = tf.keras.Input((SIZE, SIZE, 3))
-    x = tf.keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = tf.keras.layers.Rescaling(2.0, offset=-1.0)(inputs)  # like the real backbones
+    x = tf.keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
     x = tf.keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="c2")(x)
     backbone = backbones.Backbone(tf.keras.Model(inputs, x, name="tiny"), "tiny", "random", "c2")
     model = build_classifier(backbone, SIZE, dropout=0.0)
@@ -42,7 +43,7 @@ def blob_model() -> tf.keras.Model:
         [_blob_image(rng, tuple(rng.integers(5, SIZE - 5, 2)) if y else None) for y in labels]
     )
     model.compile(tf.keras.optimizers.Adam(1e-2), "binary_crossentropy", metrics=["accuracy"])
-    history = model.fit(images, labels, batch_size=32, epochs=4, verbose=0)
+    history = model.fit(images, labels, batch_size=32, epochs=5, verbose=0)
     assert history.history["accuracy"][-1] > 0.95
     return model
 

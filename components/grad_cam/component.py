@@ -27,7 +27,7 @@ SUMMARY_FILE = "audit_set.json"
 class GradCamGallery(Artifact):
     """PNG overlays of a fixed audit set and ``index.html`` showing them."""
 
-    TYPE_NAME = "GradCamGallery"
+    TYPE_NAME = "histopath.GradCamGallery"
 
 
 def _write(uri: str, name: str, data: bytes | str) -> None:

@@ -1,0 +1,73 @@
+"""TFX component: the evaluation report of a run, as ``report.html`` and ``report.json``.
+
+Runs after the Evaluator on every run, blessed or not: a rejected model needs its report
+most. It reads TFMA's output, StatisticsGen's label counts and the model's training
+metadata; it computes no metric of its own beyond what ``derive`` documents.
+"""
+
+import json
+import os
+
+from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.dsl.io import fileio
+from tfx.types.artifact import Artifact
+
+from components.eval_report import content, html_report, sources, tfma_reader
+from components.grad_cam import model_io
+from modules import features
+from modules.trainer import export
+
+HTML_FILE = "report.html"
+JSON_FILE = "report.json"
+
+
+class EvaluationReport(Artifact):
+    """A self-contained HTML evaluation report and the same numbers as JSON."""
+
+    TYPE_NAME = "histopath.EvaluationReport"
+
+
+def write_report(
+    evaluation: Artifact,
+    blessing: Artifact,
+    model: Artifact,
+    statistics: Artifact,
+    examples: Artifact,
+    eval_split: str,
+    out: str,
+) -> dict:
+    """Builds the report from the artifacts into ``out``; returns its content."""
+    data = tfma_reader.load(evaluation.uri)
+    blessed = bool(blessing.get_int_custom_property("blessed"))
+    report = content.build(
+        data,
+        threshold=export.DECISION_THRESHOLD,
+        blessing=sources.blessing_facts(data, blessed),
+        class_balance=sources.class_balance(statistics),
+        data_facts=sources.data_facts(examples, eval_split),
+        model_facts=sources.model_facts(model, model_io.read_training_metadata(model.uri)),
+        evaluation_uri=evaluation.uri,
+    )
+    with fileio.open(os.path.join(out, HTML_FILE), "w") as f:
+        f.write(html_report.render(report, export.DECISION_THRESHOLD))
+    with fileio.open(os.path.join(out, JSON_FILE), "w") as f:
+        f.write(json.dumps(content.json_safe(report), indent=2, sort_keys=True))
+    return report
+
+
+@component
+def EvalReport(
+    evaluation: InputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
+    blessing: InputArtifact[tfx.types.standard_artifacts.ModelBlessing],
+    model: InputArtifact[tfx.types.standard_artifacts.Model],
+    statistics: InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
+    examples: InputArtifact[tfx.types.standard_artifacts.Examples],
+    report: OutputArtifact[EvaluationReport],
+    eval_split: Parameter[str] = features.TEST_SPLIT,
+) -> None:
+    """Writes report.html (open it in a browser) and report.json next to it."""
+    built = write_report(evaluation, blessing, model, statistics, examples, eval_split, report.uri)
+    report.set_int_custom_property("blessed", int(built["blessing"]["blessed"]))
+    report.set_string_custom_property("html", os.path.join(report.uri, HTML_FILE))

@@ -1,0 +1,156 @@
+"""Numbers the report derives from TFMA's output (never from the raw predictions).
+
+- ROC and PR points: TFMA's ConfusionMatrixPlot matrices, one point per threshold;
+- reliability curve and expected calibration error (ECE): TFMA's CalibrationPlot buckets
+  (10 equal-width bins; the under/overflow buckets, which hold p == 1.0, are folded into
+  the end bins);
+- the patient-level view: TFMA's per-patient slices. A patient's score is the mean of its
+  image probabilities (TFMA's ``mean_prediction`` on that slice) and its label the slice's
+  ``mean_label``; the patient is called malignant when the score reaches the decision
+  threshold. Patient-level AUC ranks patients by that score (Mann-Whitney).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from components.eval_report.tfma_reader import EvalData, SliceKey
+from modules import features
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else float("nan")
+
+
+def count(value: float) -> int | float:
+    """TFMA writes counts as floats (they may be weighted); ours are unweighted integers."""
+    return int(round(value)) if value == value else value
+
+
+def roc_points(matrices: list[dict[str, float]]) -> list[tuple[float, float]]:
+    """(false positive rate, true positive rate) per threshold, by increasing FPR."""
+    points = [
+        (_ratio(m["fp"], m["fp"] + m["tn"]), _ratio(m["tp"], m["tp"] + m["fn"])) for m in matrices
+    ]
+    return sorted(p for p in points if p[0] == p[0] and p[1] == p[1])
+
+
+def pr_points(matrices: list[dict[str, float]]) -> list[tuple[float, float]]:
+    """(recall, precision) per threshold where precision is defined, by increasing recall."""
+    points = [
+        (_ratio(m["tp"], m["tp"] + m["fn"]), _ratio(m["tp"], m["tp"] + m["fp"])) for m in matrices
+    ]
+    return sorted(p for p in points if p[0] == p[0] and p[1] == p[1])
+
+
+def calibration_bins(buckets: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Reliability bins: count, mean prediction and fraction malignant per [lower, upper)."""
+    inner = [b for b in buckets if b["lower"] > float("-inf") and b["upper"] < float("inf")]
+    if not inner:
+        return []
+    bins = [dict(b) for b in sorted(inner, key=lambda b: b["lower"])]
+    for outer in buckets:
+        if outer["lower"] == float("-inf"):
+            target = bins[0]
+        elif outer["upper"] == float("inf"):
+            target = bins[-1]
+        else:
+            continue
+        for field in ("count", "label_sum", "prediction_sum"):
+            target[field] += outer[field]
+    for b in bins:
+        b["count"] = count(b["count"])
+        b["mean_prediction"] = _ratio(b["prediction_sum"], b["count"])
+        b["fraction_positive"] = _ratio(b["label_sum"], b["count"])
+    return bins
+
+
+def expected_calibration_error(bins: list[dict[str, float]]) -> float:
+    """Sum over bins of (share of images) * |mean prediction - fraction malignant|."""
+    total = sum(b["count"] for b in bins)
+    if total <= 0:
+        return float("nan")
+    return sum(
+        b["count"] / total * abs(b["mean_prediction"] - b["fraction_positive"])
+        for b in bins
+        if b["count"] > 0
+    )
+
+
+def operating_point(metrics: dict[str, Any], threshold: float) -> dict[str, float]:
+    """Confusion matrix, sensitivity and specificity at the decision threshold (all TFMA's)."""
+    matrices = metrics.get("confusion_matrix_at_thresholds") or []
+    matrix = next((m for m in matrices if abs(m["threshold"] - threshold) < 1e-9), None)
+    out = {"threshold": threshold}
+    if matrix:
+        out.update({k: count(matrix[k]) for k in ("tp", "fp", "tn", "fn")})
+    for name in ("sensitivity", "specificity"):
+        out[name] = metrics.get(name, float("nan"))
+    return out
+
+
+def slices_of(data: EvalData, column: str) -> list[tuple[str, dict[str, Any]]]:
+    """[(value, metrics)] of the single-column slices on ``column``, sorted by value."""
+    found = [
+        (key[0][1], metrics)
+        for key, metrics in data.metrics.items()
+        if len(key) == 1 and key[0][0] == column
+    ]
+    return sorted(found, key=lambda item: (len(item[0]), item[0]))
+
+
+def mann_whitney_auc(scores: list[float], labels: list[int]) -> float:
+    """P(score of a random positive > score of a random negative), ties count half."""
+    positives = [s for s, y in zip(scores, labels, strict=True) if y == 1]
+    negatives = [s for s, y in zip(scores, labels, strict=True) if y == 0]
+    if not positives or not negatives:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def patients(data: EvalData, threshold: float) -> dict[str, Any]:
+    """Per-patient rows from TFMA's patient slices, and their patient-level aggregate."""
+    rows = []
+    for patient, metrics in slices_of(data, features.PATIENT_ID_KEY):
+        mean_label = metrics.get("mean_label", float("nan"))
+        score = metrics.get("mean_prediction", float("nan"))
+        label = int(round(mean_label)) if mean_label == mean_label else -1
+        called = int(score >= threshold) if score == score else -1
+        rows.append(
+            {
+                "patient_id": patient,
+                "images": count(metrics.get("example_count", float("nan"))),
+                "mean_label": mean_label,
+                "mixed_labels": 0.0 < mean_label < 1.0,
+                "label": label,
+                "score": score,
+                "called": called,
+                "image_accuracy": metrics.get("binary_accuracy", float("nan")),
+            }
+        )
+    known = [r for r in rows if r["label"] in (0, 1) and r["called"] in (0, 1)]
+    tp = sum(r["label"] == 1 and r["called"] == 1 for r in known)
+    fn = sum(r["label"] == 1 and r["called"] == 0 for r in known)
+    tn = sum(r["label"] == 0 and r["called"] == 0 for r in known)
+    fp = sum(r["label"] == 0 and r["called"] == 1 for r in known)
+    aggregate = {
+        "patients": len(rows),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "accuracy": _ratio(tp + tn, len(known)),
+        "auc": mann_whitney_auc([r["score"] for r in known], [r["label"] for r in known]),
+    }
+    return {"rows": rows, "aggregate": aggregate}
+
+
+def overall(data: EvalData) -> dict[str, Any]:
+    return data.metrics.get((), {})
+
+
+def slice_label(key: SliceKey) -> str:
+    return ", ".join(f"{c}={v}" for c, v in key) or "overall"

@@ -1,0 +1,86 @@
+"""The parity gate: the TFLite model may lose at most ``max_auc_drop`` AUC on the same images.
+
+Both models see identical float inputs and both AUCs are computed by the same exact
+(rank-based) formula, so the difference measures the conversion alone, not preprocessing
+or metric approximations. Latency is timed the same way for both: batch 1, warm-up first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Parity:
+    images: int
+    positives: int
+    auc_savedmodel: float
+    auc_tflite: float
+    auc_drop: float  # savedmodel - tflite; positive = TFLite is worse
+    max_auc_drop: float
+    max_abs_probability_diff: float
+    parity_ok: bool
+    reason: str
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Exact ROC AUC (Mann-Whitney U with average ranks for ties); NaN with one class."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), np.float64)
+    sorted_scores = scores[order]
+    start = 0
+    while start < len(scores):  # average rank over runs of tied scores
+        end = start
+        while end + 1 < len(scores) and sorted_scores[end + 1] == sorted_scores[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
+        start = end + 1
+    u = ranks[labels].sum() - positives * (positives + 1) / 2.0
+    return float(u / (positives * negatives))
+
+
+def check(
+    savedmodel: np.ndarray, tflite: np.ndarray, labels: np.ndarray, max_auc_drop: float
+) -> Parity:
+    """Passes when both classes are present and AUC(tflite) >= AUC(savedmodel) - max drop."""
+    labels = np.asarray(labels).astype(int)
+    reference, candidate = auc(savedmodel, labels), auc(tflite, labels)
+    drop = reference - candidate
+    if np.isnan(reference) or np.isnan(candidate):
+        ok, reason = False, "AUC undefined: the parity images must hold both classes"
+    elif drop > max_auc_drop + 1e-12:
+        ok, reason = False, f"TFLite AUC {candidate:.4f} is {drop:.4f} below {reference:.4f}"
+    else:
+        ok, reason = True, f"AUC drop {drop:+.4f} within {max_auc_drop}"
+    diff = np.abs(np.asarray(savedmodel) - np.asarray(tflite))
+    return Parity(
+        images=int(len(labels)),
+        positives=int(labels.sum()),
+        auc_savedmodel=reference,
+        auc_tflite=candidate,
+        auc_drop=float(drop),
+        max_auc_drop=float(max_auc_drop),
+        max_abs_probability_diff=float(diff.max()) if len(diff) else float("nan"),
+        parity_ok=bool(ok),
+        reason=reason,
+    )
+
+
+def latency_ms(predict_one: Callable[[np.ndarray], object], images: np.ndarray) -> float:
+    """Mean milliseconds per image, batch 1, after two warm-up calls."""
+    if len(images) == 0:
+        return float("nan")
+    for image in images[:2]:
+        predict_one(image)
+    start = time.perf_counter()
+    for image in images:
+        predict_one(image)
+    return 1000.0 * (time.perf_counter() - start) / len(images)

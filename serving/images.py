@@ -1,0 +1,103 @@
+"""Client-side checks of image files before they are sent to the model.
+
+The model decodes PNG/JPEG bytes itself and resizes any size to its training size, so a
+valid RGB PNG or JPEG is sent as is. Everything else is either repaired or refused:
+
+- empty, unreadable, not an image, truncated or corrupt: refused with the reason;
+- smaller than ``MIN_SIDE`` pixels on a side: refused. The model would upsample it to its
+  training size (224 px by default), inventing the cell-level detail it relies on; crops
+  for this model are hundreds of pixels per side;
+- grayscale, 16-bit, palette, RGBA or CMYK: converted to 8-bit RGB and re-encoded as PNG
+  (noted in the answer; a grayscale tile has lost its stain colours, so treat its answer
+  with care);
+- other formats PIL reads (TIFF, WebP, ...): re-encoded as PNG, which the model decodes;
+- non-square: accepted and noted: the model squeezes it to a square like in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+MIN_SIDE = 32
+SENT_AS_IS = {"PNG", "JPEG"}
+ELONGATED = 1.5  # width/height ratio beyond which squeezing to a square is worth a note
+
+
+class BadImageError(ValueError):
+    """A file the model cannot be asked about; the message says why, for a person."""
+
+
+@dataclasses.dataclass
+class Prepared:
+    path: str
+    data: bytes  # what is sent: the original bytes or an RGB PNG
+    size: tuple[int, int]  # (width, height) of the file
+    notes: list[str]
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale, don't clip
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        image = Image.fromarray((array / peak * 255.0).round().astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, "white")  # transparent = empty slide
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def prepare(path: str, min_side: int = MIN_SIDE) -> Prepared:
+    """Validated bytes for the model, or BadImageError with a reason a person understands."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        raise BadImageError(f"cannot read file: {error.strerror or error}") from error
+    if not data:
+        raise BadImageError("empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()  # structure and checksums
+        image = Image.open(io.BytesIO(data))
+        image.load()  # every pixel: catches truncated files
+    except UnidentifiedImageError as error:
+        raise BadImageError("not an image (no image format recognised)") from error
+    except Image.DecompressionBombError as error:
+        raise BadImageError(f"image too large to decode safely: {error}") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadImageError(f"truncated or corrupt {_format(data)} image: {error}") from error
+    width, height = image.size
+    if min(width, height) < min_side:
+        raise BadImageError(
+            f"image too small: {width}x{height} px, needs at least {min_side} px per side"
+        )
+    notes = []
+    if max(width, height) / min(width, height) > ELONGATED:
+        notes.append(f"non-square {width}x{height}: squeezed to a square by the model")
+    if image.format in SENT_AS_IS and image.mode == "RGB":
+        return Prepared(path, data, (width, height), notes)
+    if image.mode != "RGB":
+        notes.append(f"converted {image.mode} to RGB")
+    if image.format not in SENT_AS_IS:
+        notes.append(f"re-encoded {image.format} as PNG")
+    return Prepared(path, _png(_to_rgb(image)), (width, height), notes)
+
+
+def _format(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8"):
+        return "JPEG"
+    return "image"

@@ -1,0 +1,147 @@
+"""Malignant probability per image file, from a SavedModel directory or TF Serving.
+
+    python -m serving.predict a.png b.jpg --model-dir outputs/serving_model/NAME/VERSION
+    python -m serving.predict a.png --url http://localhost:8501/v1/models/NAME
+
+Prints one JSON document: per file either the probability, class and notes, or an error.
+Bad files never stop the others. Both modes build the same TF Serving REST body and check
+it against the model's ``predict_image`` signature; the local mode then feeds it to the
+SavedModel the way TF Serving would. Exit status: 0 all answered, 1 some files failed,
+2 the model could not be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Protocol
+
+from serving import images, rest
+
+BATCH = 16
+
+
+class Backend(Protocol):
+    target: str
+
+    def signature(self) -> rest.SignatureInfo: ...
+
+    def predict(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class LocalBackend:
+    """A SavedModel on disk, answered exactly like TF Serving's row-format REST API."""
+
+    def __init__(self, model_dir: str, signature: str = rest.SIGNATURE) -> None:
+        import tensorflow as tf
+
+        self.target = model_dir
+        self._tf = tf
+        self._loaded = tf.saved_model.load(model_dir)
+        self._name = signature
+
+    def signature(self) -> rest.SignatureInfo:
+        return rest.from_saved_model(self._loaded, self._name)
+
+    def predict(self, body: dict[str, Any]) -> dict[str, Any]:
+        function = self._loaded.signatures[body["signature_name"]]
+        (input_name,) = function.structured_input_signature[1]
+        try:
+            outputs = function(**{input_name: self._tf.constant(rest.decode_instances(body))})
+        except (self._tf.errors.InvalidArgumentError, ValueError) as error:
+            return {"error": str(error).strip().splitlines()[0]}
+        columns = {k: v.numpy().tolist() for k, v in outputs.items()}
+        rows = [
+            dict(zip(columns, values, strict=True))
+            for values in zip(*columns.values(), strict=True)
+        ]
+        for row in rows:
+            row.update({k: v.decode("utf-8") for k, v in row.items() if isinstance(v, bytes)})
+        return {"predictions": rows}
+
+
+class RestBackend:
+    def __init__(self, url: str, signature: str = rest.SIGNATURE, timeout: float = 30.0):
+        self.target = url
+        self._client = rest.RestClient(url, timeout)
+        self._name = signature
+
+    def signature(self) -> rest.SignatureInfo:
+        return self._client.signature(self._name)
+
+    def predict(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._client.predict(body)
+
+
+def _answer(prediction: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "probability_malignant": float(prediction["probability"]),
+        "class_id": prediction.get("class_id"),
+        "class_name": prediction.get("class_name"),
+    }
+
+
+def _ask(backend: Backend, info: rest.SignatureInfo, batch: list[images.Prepared]) -> list[dict]:
+    """Answers for a batch; if the server refuses the batch, asks file by file so that one
+    file the model cannot decode does not cost the others their answer."""
+    body = rest.request_body([p.data for p in batch], info.name)
+    rest.check_request(body, info)
+    try:
+        predictions = rest.parse_predictions(backend.predict(body), len(batch))
+        return [_answer(p) for p in predictions]
+    except RuntimeError as error:
+        if len(batch) == 1:
+            return [{"error": f"model refused the image: {error}"}]
+    return [_ask(backend, info, [p])[0] for p in batch]
+
+
+def predict_files(paths: list[str], backend: Backend, min_side: int = images.MIN_SIDE) -> dict:
+    """The JSON document the CLI prints, for any backend."""
+    info = backend.signature()
+    rest.check_signature(info)
+    results: list[dict[str, Any]] = [{"file": path} for path in paths]
+    ready: list[tuple[int, images.Prepared]] = []
+    for index, path in enumerate(paths):
+        try:
+            prepared = images.prepare(path, min_side)
+        except images.BadImageError as error:
+            results[index]["error"] = str(error)
+            continue
+        results[index]["notes"] = prepared.notes
+        ready.append((index, prepared))
+    for start in range(0, len(ready), BATCH):
+        chunk = ready[start : start + BATCH]
+        for (index, _), answer in zip(
+            chunk, _ask(backend, info, [p for _, p in chunk]), strict=True
+        ):
+            results[index].update(answer)
+    return {"model": backend.target, "signature": info.name, "results": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, or any PIL format)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model-dir", help="a pushed SavedModel version directory")
+    where.add_argument("--url", help="TF Serving model URL: http://HOST:8501/v1/models/NAME")
+    parser.add_argument("--signature", default=rest.SIGNATURE)
+    parser.add_argument("--min-side", type=int, default=images.MIN_SIDE, help="pixels")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    args = parser.parse_args(argv)
+    try:
+        backend: Backend = (
+            LocalBackend(args.model_dir, args.signature)
+            if args.model_dir
+            else RestBackend(args.url, args.signature, args.timeout)
+        )
+        document = predict_files(args.images, backend, args.min_side)
+    except (rest.SignatureMismatchError, OSError) as error:
+        print(json.dumps({"error": f"cannot use the model: {error}"}), file=sys.stderr)
+        return 2
+    print(json.dumps(document, indent=2))
+    return 1 if any("error" in r for r in document["results"]) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

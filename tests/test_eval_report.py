@@ -1,0 +1,223 @@
+"""Evaluation report: every section is there and its numbers are TFMA's own."""
+
+import glob
+import json
+import os
+import re
+
+import pytest
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis.proto import validation_result_pb2
+
+import local_runner
+from components.eval_report import derive, html_report, sources
+from components.eval_report.tfma_reader import EvalData
+from histo_testlib import node_states
+from modules import features
+
+SECTIONS = (
+    "blessing",
+    "overall",
+    "operating-point",
+    "curves",
+    "calibration",
+    "slices",
+    "patients",
+    "data",
+    "lineage",
+)
+
+
+def _bucket(lower, upper, count, labels, predictions):
+    return {
+        "lower": lower,
+        "upper": upper,
+        "count": count,
+        "label_sum": labels,
+        "prediction_sum": predictions,
+    }
+
+
+def test_calibration_bins_fold_the_overflow_bucket_and_give_the_ece():
+    inf = float("inf")
+    buckets = [
+        _bucket(-inf, 0.0, 0, 0, 0),
+        _bucket(0.0, 0.5, 4, 1, 0.8),  # mean prediction 0.2, 25 % malignant
+        _bucket(0.5, 1.0, 2, 2, 1.5),
+        _bucket(1.0, inf, 2, 2, 2.0),  # p == 1.0 lands here; it belongs to the last bin
+    ]
+    bins = derive.calibration_bins(buckets)
+    assert [b["count"] for b in bins] == [4, 4]
+    assert bins[1]["mean_prediction"] == pytest.approx(3.5 / 4)
+    assert bins[1]["fraction_positive"] == 1.0
+    expected = 0.5 * abs(0.2 - 0.25) + 0.5 * abs(3.5 / 4 - 1.0)
+    assert derive.expected_calibration_error(bins) == pytest.approx(expected)
+
+
+def _data(metrics: dict, validation=None, baseline=None) -> EvalData:
+    return EvalData(
+        eval_config=tfma.EvalConfig(),
+        baseline_name=baseline,
+        metrics=metrics,
+        baseline_metrics={(): {"auc": 0.9}} if baseline else {},
+        diffs={(): {"auc": -0.2}} if baseline else {},
+        confusion_matrices=[],
+        calibration_buckets=[],
+        validation=validation or validation_result_pb2.ValidationResult(validation_ok=True),
+    )
+
+
+def test_patient_view_aggregates_tfma_patient_slices():
+    def patient(pid, label, score, n=4):
+        key = ((features.PATIENT_ID_KEY, pid),)
+        return key, {"mean_label": label, "mean_prediction": score, "example_count": n}
+
+    metrics = dict(
+        [patient("B1", 0.0, 0.1), patient("B2", 0.0, 0.7), patient("M1", 1.0, 0.9)]
+        + [patient("M2", 1.0, 0.4)]
+    )
+    view = derive.patients(_data(metrics), threshold=0.5)
+    a = view["aggregate"]
+    assert (a["tp"], a["fp"], a["tn"], a["fn"]) == (1, 1, 1, 1)
+    assert a["sensitivity"] == a["specificity"] == 0.5
+    assert a["auc"] == pytest.approx(0.75)  # 3 of 4 malignant-benign pairs ranked right
+    assert [r["patient_id"] for r in view["rows"]] == ["B1", "B2", "M1", "M2"]
+
+
+def test_blessing_section_explains_a_rejection():
+    validation = validation_result_pb2.ValidationResult(validation_ok=False)
+    failure = validation.metric_validations_per_slice.add().failures.add()
+    failure.metric_key.name = "auc"
+    failure.metric_value.double_value.value = 0.7
+    failure.metric_threshold.change_threshold.absolute.value = -1e-10
+    failure.metric_threshold.change_threshold.direction = tfma.MetricDirection.HIGHER_IS_BETTER
+    facts = sources.blessing_facts(
+        _data({(): {"auc": 0.7}}, validation, baseline="baseline"), blessed=False
+    )
+    assert facts["failures"][0]["slice"] == "overall"
+    assert "auc - baseline auc >=" in facts["failures"][0]["rule"]
+    page = html_report._blessing(facts)
+    assert "NOT BLESSED" in page and "0.7000" in page and "0.9000" in page
+
+
+# --- The report of the session's pipeline run ---
+
+
+@pytest.fixture(scope="module")
+def report(first_run) -> dict:
+    root = os.path.join(first_run["output"], "tfx", "pipelines", local_runner.configs.PIPELINE_NAME)
+    for path in glob.glob(os.path.join(root, "EvalReport", "report", "*", "report.json")):
+        with open(path) as f:
+            content = json.load(f)
+        if content["evaluation_uri"] == first_run["summary"]["evaluation_uri"]:
+            with open(os.path.join(os.path.dirname(path), "report.html")) as f:
+                return {"json": content, "html": f.read()}
+    raise AssertionError("no EvalReport for the first run's evaluation")
+
+
+def _tfma_overall(evaluation_uri: str) -> dict:
+    """Candidate, overall slice, EvalConfig metrics: read straight from TFMA."""
+    for record in tfma.load_metrics(evaluation_uri):
+        if not record.slice_key.single_slice_keys:
+            return {
+                kv.key.name: kv.value
+                for kv in record.metric_keys_and_values
+                if kv.key.HasField("example_weighted") and not kv.key.is_diff
+            }
+    raise AssertionError("no overall slice")
+
+
+def _section(page: str, anchor: str) -> str:
+    match = re.search(rf'<section id="{anchor}">(.*?)</section>', page, re.S)
+    assert match, anchor
+    return match.group(1)
+
+
+def test_eval_report_ran_with_every_section(first_run, report):
+    states = node_states(local_runner.metadata_path(first_run["output"]))
+    assert states["EvalReport"][0] == "COMPLETE", states
+    for anchor in SECTIONS:
+        _section(report["html"], anchor)
+    # Self-contained: every image is inline, nothing is fetched.
+    assert re.findall(r'src="([^"]{0,22})', report["html"]) == ["data:image/png;base64,"] * 3
+
+
+def test_report_numbers_are_tfmas(first_run, report):
+    tfma_values = _tfma_overall(first_run["summary"]["evaluation_uri"])
+    content, page = report["json"], report["html"]
+    overall = _section(page, "overall")
+    for name in ("auc", "auc_pr", "binary_accuracy", "precision", "sensitivity", "specificity"):
+        value = tfma_values[name].double_value.value
+        assert content["overall"][name] == pytest.approx(value, abs=1e-12), name
+        assert f"<td>{name}</td><td>{value:.4f}</td>" in overall, name
+    count = int(tfma_values["example_count"].double_value.value)
+    assert content["overall"]["example_count"] == count
+    matrix = tfma_values["confusion_matrix_at_thresholds"].confusion_matrix_at_thresholds
+    (at_threshold,) = [m for m in matrix.matrices if m.threshold == pytest.approx(0.5)]
+    op = content["operating_point"]
+    assert (op["tp"], op["fp"], op["tn"], op["fn"]) == (
+        int(at_threshold.true_positives),
+        int(at_threshold.false_positives),
+        int(at_threshold.true_negatives),
+        int(at_threshold.false_negatives),
+    )
+    section = _section(page, "operating-point")
+    assert f"<td>true malignant</td><td>{op['fn']}</td><td>{op['tp']}</td>" in section
+    assert f"{tfma_values['sensitivity'].double_value.value:.4f}" in section
+    # Calibration: every evaluated image in one bin, ECE from TFMA's buckets.
+    calibration = content["calibration"]
+    assert sum(b["count"] for b in calibration["bins"]) == count
+    assert f"{calibration['expected_calibration_error']:.4f}" in _section(page, "calibration")
+    # ROC from TFMA's matrices; its endpoints are the trivial thresholds.
+    assert content["curves"]["roc"][0] == [0.0, 0.0] or content["curves"]["roc"][0][0] == 0.0
+    assert content["curves"]["roc"][-1] == [1.0, 1.0]
+
+
+def test_report_slices_and_patients_are_tfmas(first_run, report):
+    by_slice = {}
+    for record in tfma.load_metrics(first_run["summary"]["evaluation_uri"]):
+        keys = record.slice_key.single_slice_keys
+        if len(keys) == 1:
+            value = getattr(keys[0], keys[0].WhichOneof("kind"))
+            value = value.decode() if isinstance(value, bytes) else str(value)
+            by_slice[(keys[0].column, value)] = {
+                kv.key.name: kv.value.double_value.value
+                for kv in record.metric_keys_and_values
+                if kv.key.HasField("example_weighted")
+            }
+    content = report["json"]
+    for column in (features.MAGNIFICATION_KEY, features.SUBTYPE_KEY):
+        assert content["slices"][column], column
+        for row in content["slices"][column]:
+            assert row["example_count"] == by_slice[(column, row["value"])]["example_count"]
+    patients = content["patients"]["rows"]
+    assert len(patients) >= 2
+    for row in patients:
+        tfma_patient = by_slice[(features.PATIENT_ID_KEY, row["patient_id"])]
+        assert row["score"] == pytest.approx(tfma_patient["mean_prediction"], abs=1e-12)
+        assert row["images"] == tfma_patient["example_count"]
+        assert f"<td>{row['patient_id']}</td>" in _section(report["html"], "patients")
+    assert content["patients"]["aggregate"]["patients"] == len(patients)
+
+
+def test_report_data_lineage_and_blessing(first_run, demo_data, report):
+    content = report["json"]
+    for split in features.SPLITS:
+        files = glob.glob(os.path.join(demo_data, "span-1", split, "*.gz"))
+        labels = [
+            tf.train.Example.FromString(r).features.feature[features.LABEL_KEY].int64_list.value[0]
+            for r in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator()
+        ]
+        balance = content["class_balance"][split]
+        assert (balance["benign"], balance["malignant"]) == (labels.count(0), labels.count(1))
+    assert content["data"]["span"] == 1
+    assert content["model"]["backbone"] == "mobilenet_v2"
+    assert content["model"]["weights_source"]
+    assert content["model"]["hyperparameters"]["image_size"] == 96
+    validation = tfma.load_validation_result(first_run["summary"]["evaluation_uri"])
+    blessing = content["blessing"]
+    assert blessing["validation_ok"] == validation.validation_ok == first_run["summary"]["blessed"]
+    assert blessing["blessed"] is True
+    assert any("auc >= 0.6" in " ".join(r["rules"]) for r in blessing["rules"])
+    assert "BLESSED" in _section(report["html"], "blessing")

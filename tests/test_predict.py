@@ -1,0 +1,247 @@
+"""serving.predict on real crops and bad files, its REST body against the exported signature
+(locally and through a stand-in TF Serving), and the Kubernetes manifests."""
+
+import glob
+import io
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+from google.protobuf import json_format
+from PIL import Image
+from tensorflow.python.saved_model import loader_impl
+
+import local_runner
+from histo_testlib import REPO
+from modules import features
+from serving import images, predict, rest
+
+MODEL_NAME = local_runner.configs.PIPELINE_NAME
+
+
+@pytest.fixture(scope="module")
+def model_dir(first_run) -> str:
+    return first_run["summary"]["pushed_to"]
+
+
+@pytest.fixture(scope="module")
+def local(model_dir) -> predict.LocalBackend:
+    return predict.LocalBackend(model_dir)
+
+
+@pytest.fixture(scope="module")
+def crops(breakhis_crops) -> list[str]:
+    """Two benign and two malignant real crops (first by name: stable)."""
+    return [
+        path
+        for label in features.LABEL_NAMES
+        for path in sorted(glob.glob(os.path.join(breakhis_crops, label, "*.png")))[:2]
+    ]
+
+
+@pytest.fixture()
+def bad_files(tmp_path, crops) -> dict[str, str]:
+    with open(crops[0], "rb") as f:
+        png = f.read()
+    files = {
+        "empty": b"",
+        "text": b"patient notes, not an image\n",
+        "truncated": png[: len(png) // 2],
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = str(tmp_path / f"{name}.png")
+        with open(paths[name], "wb") as f:
+            f.write(data)
+    small = Image.open(crops[0]).resize((16, 16))
+    paths["small"] = str(tmp_path / "small.png")
+    small.save(paths["small"])
+    paths["gray"] = str(tmp_path / "gray.jpg")
+    Image.open(crops[0]).convert("L").save(paths["gray"])
+    return paths
+
+
+def test_predict_answers_real_crops_and_reports_bad_files(local, crops, bad_files):
+    order = [crops[0], bad_files["empty"], crops[1], bad_files["text"], crops[2]]
+    order += [bad_files["truncated"], bad_files["small"], crops[3], bad_files["gray"]]
+    document = predict.predict_files(order, local)
+    results = document["results"]
+    assert [r["file"] for r in results] == order
+    assert document["signature"] == "predict_image"
+    for result in results:
+        if result["file"] in crops or result["file"] == bad_files["gray"]:
+            assert "error" not in result, result
+            p = result["probability_malignant"]
+            assert 0.0 <= p <= 1.0
+            assert result["class_name"] == features.LABEL_NAMES[int(p >= 0.5)]
+    errors = {r["file"]: r["error"] for r in results if "error" in r}
+    assert errors[bad_files["empty"]] == "empty file (0 bytes)"
+    assert errors[bad_files["text"]].startswith("not an image")
+    assert errors[bad_files["truncated"]].startswith("truncated or corrupt PNG image")
+    assert errors[bad_files["small"]].startswith("image too small: 16x16 px")
+    gray = next(r for r in results if r["file"] == bad_files["gray"])
+    assert "converted L to RGB" in gray["notes"]
+
+
+def test_local_answers_equal_the_exported_signature(local, model_dir, crops):
+    document = predict.predict_files(crops, local)
+    loaded = tf.saved_model.load(model_dir)
+    data = [open(p, "rb").read() for p in crops]
+    direct = loaded.signatures["predict_image"](image_bytes=tf.constant(data))
+    np.testing.assert_allclose(
+        [r["probability_malignant"] for r in document["results"]],
+        direct[features.PROBABILITY_OUTPUT].numpy(),
+        rtol=1e-6,
+    )
+
+
+def test_request_body_matches_the_exported_signature(local):
+    info = local.signature()
+    assert list(info.inputs) == ["image_bytes"]
+    assert info.inputs["image_bytes"].dtype == "DT_STRING"
+    body = rest.request_body([b"\x89PNG..."])
+    assert set(body) == {"signature_name", "instances"}
+    assert body["instances"][0] == {"b64": "iVBORy4uLg=="}
+    rest.check_request(body, info)
+    with pytest.raises(rest.SignatureMismatchError):
+        rest.check_request({"signature_name": "predict_image", "instances": ["raw"]}, info)
+    with pytest.raises(rest.SignatureMismatchError):
+        rest.check_request({**body, "signature_name": "serving_default"}, info)
+    examples_signature = rest.from_saved_model(local._loaded, "serving_default")
+    rest.check_signature(examples_signature)  # also one DT_STRING [-1] input: serialized examples
+
+
+def test_prepare_converts_sixteen_bit_grey_and_keeps_rgb_png_untouched(tmp_path, crops):
+    grey16 = Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))
+    path = str(tmp_path / "grey16.png")
+    grey16.save(path)
+    prepared = images.prepare(path)
+    decoded = Image.open(io.BytesIO(prepared.data))
+    assert decoded.mode == "RGB" and np.asarray(decoded).max() > 200  # scaled, not clipped
+    with open(crops[0], "rb") as f:
+        assert images.prepare(crops[0]).data == f.read()
+
+
+class _FakeServing(BaseHTTPRequestHandler):
+    """Stand-in for TF Serving's REST API, answering from the real SavedModel."""
+
+    loaded = None
+    metadata: dict = {}
+
+    def _send(self, code: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        base = f"/v1/models/{MODEL_NAME}"
+        if self.path == base:
+            self._send(200, {"model_version_status": [{"state": "AVAILABLE"}]})
+        elif self.path == base + "/metadata":
+            self._send(200, self.metadata)
+        else:
+            self._send(404, {"error": f"unknown path {self.path}"})
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path != f"/v1/models/{MODEL_NAME}:predict":
+            self._send(404, {"error": "unknown path"})
+            return
+        function = self.loaded.signatures[body["signature_name"]]
+        try:
+            out = function(image_bytes=tf.constant(rest.decode_instances(body)))
+        except tf.errors.InvalidArgumentError as error:
+            self._send(400, {"error": error.message})
+            return
+        columns = {k: v.numpy().tolist() for k, v in out.items()}
+        rows = [
+            {
+                k: (v.decode() if isinstance(v, bytes) else v)
+                for k, v in zip(columns, r, strict=True)
+            }
+            for r in zip(*columns.values(), strict=True)
+        ]
+        self._send(200, {"predictions": rows})
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def fake_serving(model_dir):
+    saved_model = loader_impl.parse_saved_model(model_dir)
+    signatures = saved_model.meta_graphs[0].signature_def
+    _FakeServing.loaded = tf.saved_model.load(model_dir)
+    _FakeServing.metadata = {
+        "model_spec": {"name": MODEL_NAME},
+        "metadata": {
+            "signature_def": {
+                "signature_def": {
+                    name: json_format.MessageToDict(sig, preserving_proto_field_name=True)
+                    for name, sig in signatures.items()
+                }
+            }
+        },
+    }
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeServing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1/models/{MODEL_NAME}"
+    server.shutdown()
+
+
+def test_cli_over_rest_prints_json_and_flags_bad_files(fake_serving, crops, bad_files, capsys):
+    code = predict.main([crops[0], bad_files["text"], crops[3], "--url", fake_serving])
+    document = json.loads(capsys.readouterr().out)
+    assert code == 1  # one file failed, the others were answered
+    good = [r for r in document["results"] if "error" not in r]
+    assert [r["file"] for r in good] == [crops[0], crops[3]]
+    assert all(0.0 <= r["probability_malignant"] <= 1.0 for r in good)
+    assert rest.RestClient(fake_serving).status()["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def test_cli_refuses_a_model_without_the_signature(fake_serving, crops, capsys):
+    assert predict.main([crops[0], "--url", fake_serving, "--signature", "nope"]) == 2
+    assert "no signature 'nope'" in capsys.readouterr().err
+
+
+# --- Kubernetes manifests ---
+
+
+def _manifests() -> list[dict]:
+    documents = []
+    for path in sorted(glob.glob(os.path.join(REPO, "k8s", "*.yaml"))):
+        with open(path) as f:
+            documents.extend(d for d in yaml.safe_load_all(f) if d)
+    return documents
+
+
+def test_k8s_manifests_serve_the_pushed_model_with_a_status_readiness_probe():
+    by_kind = {d["kind"]: d for d in _manifests()}
+    assert {"Deployment", "Service", "Kustomization"} <= set(by_kind)
+    pod = by_kind["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"].startswith("tensorflow/serving:")
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MODEL_NAME"] == MODEL_NAME  # the Pusher's folder: serving_model/<pipeline name>
+    probe = container["readinessProbe"]["httpGet"]
+    assert probe["path"] == f"/v1/models/{env['MODEL_NAME']}"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert probe["port"] in ("http", ports["http"]) and ports["http"] == 8501
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == f"{env['MODEL_BASE_PATH']}/{env['MODEL_NAME']}"
+    assert mount["name"] in {v["name"] for v in pod["volumes"]}
+    service = by_kind["Service"]["spec"]
+    assert (
+        service["selector"].items()
+        <= by_kind["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert {p["port"] for p in service["ports"]} == {8500, 8501}
