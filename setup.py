@@ -12,8 +12,19 @@ setup(
     description="TFX pipeline that trains, validates and ships a breast histopathology classifier",
     python_requires=">=3.10,<3.11",
     packages=find_packages(
-        include=["pipeline", "pipeline.*", "components", "components.*", "modules", "modules.*",
-                 "preprocessing", "preprocessing.*", "demo", "demo.*", "kfp_tools", "kfp_tools.*"]
+        include=[
+            f"{package}{suffix}"
+            for package in (
+                "pipeline",
+                "components",
+                "modules",
+                "preprocessing",
+                "demo",
+                "kfp_tools",
+                "serving",
+            )
+            for suffix in ("", ".*")
+        ]
     ),
     py_modules=["local_runner", "kubeflow_runner", "kubeflow_v2_runner"],
     install_requires=[

@@ -5,8 +5,6 @@ preprocessing, the Transform and Trainer modules, the leakage gate, the serving
 signatures and the tests) takes its names from here.
 """
 
-from typing import Dict, Tuple
-
 # Raw features written by ``preprocessing`` into every tf.Example.
 IMAGE_KEY = "image"  # encoded PNG/JPEG bytes, as found on disk
 LABEL_KEY = "label"  # int64: index into LABEL_NAMES
@@ -17,14 +15,14 @@ WIDTH_KEY = "width"  # int64
 SOURCE_KEY = "source"  # bytes: path relative to the input root
 SUBTYPE_KEY = "subtype"  # bytes: tumour subtype from the file name, "" if none
 
-LABEL_NAMES: Tuple[str, ...] = ("benign", "malignant")
+LABEL_NAMES: tuple[str, ...] = ("benign", "malignant")
 POSITIVE_LABEL = 1  # "malignant" is the positive class for every metric
 
 # Splits written by preprocessing and read by ImportExampleGen, in this order.
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
 TEST_SPLIT = "test"
-SPLITS: Tuple[str, ...] = (TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT)
+SPLITS: tuple[str, ...] = (TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT)
 
 # Features produced by the Transform module file.
 TRANSFORMED_IMAGE_KEY = "image_xf"  # float32 [H, W, 3] in [0, 1] at the training size
@@ -38,14 +36,14 @@ CLASS_NAME_OUTPUT = "class_name"
 # Default training-time image side; configs may override it per pipeline.
 DEFAULT_IMAGE_SIZE = 224
 
-INT_FEATURES: Tuple[str, ...] = (LABEL_KEY, MAGNIFICATION_KEY, HEIGHT_KEY, WIDTH_KEY)
-BYTES_FEATURES: Tuple[str, ...] = (IMAGE_KEY, PATIENT_ID_KEY, SOURCE_KEY, SUBTYPE_KEY)
+INT_FEATURES: tuple[str, ...] = (LABEL_KEY, MAGNIFICATION_KEY, HEIGHT_KEY, WIDTH_KEY)
+BYTES_FEATURES: tuple[str, ...] = (IMAGE_KEY, PATIENT_ID_KEY, SOURCE_KEY, SUBTYPE_KEY)
 
 
 def label_from_name(name: str) -> int:
     """Map a class folder or class word ("benign", "malignant", "0", "1", "B", "M") to 0/1."""
     key = name.strip().lower()
-    aliases: Dict[str, int] = {
+    aliases: dict[str, int] = {
         "benign": 0,
         "b": 0,
         "0": 0,

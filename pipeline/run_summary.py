@@ -62,6 +62,12 @@ def summarize(connection_config: metadata_store_pb2.ConnectionConfig) -> dict[st
     if pushed is not None:
         summary["pushed"] = bool(_prop(pushed, "pushed"))
         summary["pushed_to"] = _prop(pushed, "pushed_destination")
+    report = _latest(store, "histopath.EvaluationReport")
+    if report is not None:
+        summary["report"] = _prop(report, "html")
+    gallery = _latest(store, "histopath.GradCamGallery")
+    if gallery is not None:
+        summary["grad_cam_gallery"] = f"{gallery.uri}/index.html"
     summary["positive_class"] = features.LABEL_NAMES[features.POSITIVE_LABEL]
     return summary
 
@@ -77,5 +83,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"pushed to: {summary['pushed_to']}")
     else:
         lines.append("pushed: no (the model was not blessed)")
+    if summary.get("report"):
+        lines.append(f"evaluation report: {summary['report']}")
+    if summary.get("grad_cam_gallery"):
+        lines.append(f"Grad-CAM gallery: {summary['grad_cam_gallery']}")
     lines.append(json.dumps(summary, sort_keys=True))
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+
 from histo_testlib import BREAKHIS_CROPS, FAST_BEAM_ARGS, run_pipeline
 
 

@@ -29,8 +29,9 @@ def test_pipeline_runs_on_real_breakhis_crops(breakhis_crops, tmp_path):
     assert summary["warnings"] == []
     output = str(tmp_path / "out")
     result = run_pipeline(data, output, min_auc=0.0)
-    states = node_states(os.path.join(output, "tfx", "metadata", "histopath-classifier",
-                                       "metadata.db"))
+    states = node_states(
+        os.path.join(output, "tfx", "metadata", "histopath-classifier", "metadata.db")
+    )
     assert set(states) == ALL_NODES
     assert all(s[-1] == "COMPLETE" for s in states.values()), states
     assert result["pushed"] is True

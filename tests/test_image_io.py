@@ -2,9 +2,9 @@ import io
 
 import numpy as np
 import pytest
-from histo_testlib import png_bytes
 from PIL import Image
 
+from histo_testlib import png_bytes
 from preprocessing.image_io import BadImageError, load_image
 
 

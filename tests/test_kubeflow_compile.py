@@ -62,6 +62,10 @@ EXPECTED_STEPS = {
     "latest-blessed-model-resolver": ("latest_blessed_model_resolver", set()),
     "evaluator": ("Evaluator", {"importexamplegen", "trainer", "latest-blessed-model-resolver"}),
     "pusher": ("Pusher", {"trainer", "evaluator"}),
+    "gradcam": ("GradCam", {"importexamplegen", "trainer"}),
+    "evalreport": ("EvalReport", {"evaluator", "importexamplegen", "statisticsgen", "trainer"}),
+    "tfliteexport": ("TFLiteExport", {"importexamplegen", "trainer"}),
+    "tflitepusher": ("TFLitePusher", {"pusher", "tfliteexport"}),
 }
 BEAM_COMPONENTS = {"ImportExampleGen", "StatisticsGen", "Transform", "Evaluator"}
 

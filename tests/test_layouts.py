@@ -1,8 +1,8 @@
 import os
 
 import pytest
-from histo_testlib import png_bytes, write
 
+from histo_testlib import png_bytes, write
 from preprocessing import layouts
 
 

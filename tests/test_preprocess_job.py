@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import tensorflow as tf
-from histo_testlib import FAST_BEAM_ARGS, REPO, png_bytes, write
 
+from histo_testlib import FAST_BEAM_ARGS, REPO, png_bytes, write
 from modules import features
 from preprocessing import layouts
 from preprocessing.beam_job import PreprocessingError, preprocess

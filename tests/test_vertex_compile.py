@@ -26,6 +26,10 @@ SETTINGS_ENV = {
     "HISTO_TRAINER_MEMORY_REQUEST": "30G",
 }
 COMPONENTS = {
+    "GradCam",
+    "EvalReport",
+    "TFLiteExport",
+    "TFLitePusher",
     "ImportExampleGen",
     "PatientLeakageGate",
     "StatisticsGen",

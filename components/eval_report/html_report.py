@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from components.eval_report import charts
+from components.eval_report.content import OVERALL_METRICS, SLICE_METRICS
 from modules import features
 
 NAMES = features.LABEL_NAMES
@@ -252,8 +253,6 @@ def _lineage(model: dict[str, Any]) -> str:
 
 
 def render(report: dict[str, Any], threshold: float) -> str:
-    from components.eval_report.content import OVERALL_METRICS, SLICE_METRICS
-
     overall = _table(["metric", "value"], [[n, report["overall"][n]] for n in OVERALL_METRICS])
     sections = [
         _section("blessing", "Blessing", _blessing(report["blessing"])),

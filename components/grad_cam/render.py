@@ -81,9 +81,10 @@ figure {{ display: inline-block; margin: 8px; padding: 6px; border: 3px solid #8
 figure.miss {{ border-color: #d66; }} img {{ max-width: 100%; }}
 </style></head><body>
 <h1>Grad-CAM audit set</h1>
-<p>Each row: the tile as the model sees it, then where the evidence for <b>malignant</b>
-and for <b>benign</b> lies (red = strongest). Green frame: correct at the decision
-threshold; red frame: wrong. Heatmaps show what the model used, not what is diagnostic.</p>
+<p>Each picture, left to right: the tile as the model sees it, where the evidence for
+<b>malignant</b> lies, where the evidence for <b>benign</b> lies (red = strongest).
+Green frame: correct at the decision threshold; red frame: wrong.
+Heatmaps show what the model used, not what is diagnostic.</p>
 <table>{fact_rows}</table>
 {"".join(cards)}
 </body></html>

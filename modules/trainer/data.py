@@ -1,7 +1,5 @@
 """tf.data input pipeline over Transform's output: parse, augment (train only), batch, prefetch."""
 
-from typing import Dict, List, Tuple
-
 import tensorflow as tf
 import tensorflow_transform as tft
 
@@ -13,14 +11,14 @@ AUTOTUNE = tf.data.AUTOTUNE
 CACHE_LIMIT_BYTES = 2 * 1024**3
 
 
-def _files(patterns: List[str]) -> List[str]:
+def _files(patterns: list[str]) -> list[str]:
     return sorted(path for pattern in patterns for path in tf.io.gfile.glob(pattern))
 
 
 def _parser(tf_transform_output: tft.TFTransformOutput):
     spec = tf_transform_output.transformed_feature_spec()
 
-    def parse(serialized: tf.Tensor) -> Tuple[Dict[str, tf.Tensor], tf.Tensor]:
+    def parse(serialized: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
         parsed = tf.io.parse_example(serialized, spec)
         label = tf.cast(tf.reshape(parsed.pop(features.TRANSFORMED_LABEL_KEY), [-1]), tf.float32)
         return {features.TRANSFORMED_IMAGE_KEY: parsed[features.TRANSFORMED_IMAGE_KEY]}, label
@@ -28,7 +26,7 @@ def _parser(tf_transform_output: tft.TFTransformOutput):
     return parse
 
 
-def count_labels(patterns: List[str], tf_transform_output: tft.TFTransformOutput) -> List[int]:
+def count_labels(patterns: list[str], tf_transform_output: tft.TFTransformOutput) -> list[int]:
     """Images per class in a split: class weights and steps per epoch come from this."""
     counts = [0] * len(features.LABEL_NAMES)
     label_spec = {
@@ -45,7 +43,7 @@ def count_labels(patterns: List[str], tf_transform_output: tft.TFTransformOutput
 
 
 def make_dataset(
-    patterns: List[str],
+    patterns: list[str],
     tf_transform_output: tft.TFTransformOutput,
     batch_size: int,
     training: bool,

@@ -9,7 +9,7 @@ Both prediction signatures return the malignant probability, the class id and it
 
 import json
 import os
-from typing import Any, Dict
+from typing import Any
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -21,7 +21,7 @@ METADATA_DIR = "assets.extra"  # TF Serving's place for files that travel with a
 DECISION_THRESHOLD = 0.5
 
 
-def _outputs(probability: tf.Tensor) -> Dict[str, tf.Tensor]:
+def _outputs(probability: tf.Tensor) -> dict[str, tf.Tensor]:
     probability = tf.reshape(tf.cast(probability, tf.float32), [-1])
     class_id = tf.cast(probability >= DECISION_THRESHOLD, tf.int64)
     names = tf.constant(list(features.LABEL_NAMES))
@@ -32,26 +32,26 @@ def _outputs(probability: tf.Tensor) -> Dict[str, tf.Tensor]:
     }
 
 
-def build_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput) -> Dict:
+def build_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput) -> dict:
     """The three signatures, sharing one Transform layer tracked by the model."""
     model.tft_layer = tf_transform_output.transform_features_layer()
     raw_spec = tf_transform_output.raw_feature_spec()
     image_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
 
-    def predict_from_raw(raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    def predict_from_raw(raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         transformed = model.tft_layer(raw)
         return _outputs(model(transformed[features.TRANSFORMED_IMAGE_KEY], training=False))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serve_examples(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
+    def serve_examples(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         return predict_from_raw(tf.io.parse_example(serialized, image_spec))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    def serve_image_bytes(image_bytes: tf.Tensor) -> Dict[str, tf.Tensor]:
+    def serve_image_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return predict_from_raw({features.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def transform_features(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
+    def transform_features(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         return model.tft_layer(tf.io.parse_example(serialized, raw_spec))
 
     return {
@@ -65,7 +65,7 @@ def export_model(
     model: tf.keras.Model,
     tf_transform_output: tft.TFTransformOutput,
     serving_model_dir: str,
-    metadata: Dict[str, Any],
+    metadata: dict[str, Any],
 ) -> None:
     """Saves the SavedModel with its signatures and the training metadata beside it."""
     signatures = build_signatures(model, tf_transform_output)
@@ -76,6 +76,6 @@ def export_model(
         f.write(json.dumps(metadata, indent=2, sort_keys=True, default=str))
 
 
-def read_metadata(saved_model_dir: str) -> Dict[str, Any]:
+def read_metadata(saved_model_dir: str) -> dict[str, Any]:
     with tf.io.gfile.GFile(os.path.join(saved_model_dir, METADATA_DIR, METADATA_FILE)) as f:
         return json.loads(f.read())
