@@ -39,3 +39,10 @@ def first_run(demo_data, tmp_path_factory) -> dict:
     """
     output = str(tmp_path_factory.mktemp("run"))
     return {"output": output, "summary": run_pipeline(demo_data, output)}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every test that needs a real pipeline run is an end-to-end test (``-m "not e2e"``)."""
+    for item in items:
+        if {"first_run", "demo_data"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
