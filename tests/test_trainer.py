@@ -92,6 +92,17 @@ def tiny_settings(**overrides) -> dict:
     )
 
 
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> str:
+    """A local weights file: the backbone counts as pretrained, as with ImageNet weights."""
+    from modules.trainer import backbones
+
+    tf.keras.utils.set_random_seed(1)
+    path = str(tmp_path_factory.mktemp("weights") / "mobilenet_v2.weights.h5")
+    backbones.build_backbone("mobilenet_v2", SIZE, "random").model.save_weights(path)
+    return path
+
+
 @pytest.fixture
 def splits(tmp_path) -> dict:
     return tiny_splits(str(tmp_path))
@@ -176,9 +187,10 @@ def _fine_tune_step(model: tf.keras.Model) -> None:
     model.train_on_batch(images, tf.constant([0.0, 1.0, 0.0, 1.0]))
 
 
-def test_fine_tuning_runs_the_backbone_in_inference_mode():
+def test_fine_tuning_runs_the_backbone_in_inference_mode(weights_file):
     tf.keras.utils.set_random_seed(0)
-    model, backbone = trainer_module.build_model(tiny_settings())
+    model, backbone = trainer_module.build_model(tiny_settings(weights=weights_file))
+    assert backbone.pretrained and not backbone.model.trainable
     unfreeze_top(backbone.model, 0.3)
     trainer_module.compile_model(model, 1e-2)
     statistics = _moving_statistics(backbone.model)
@@ -192,17 +204,28 @@ def test_fine_tuning_runs_the_backbone_in_inference_mode():
     assert not np.array_equal(kernel, top_conv.weights[0].numpy())  # it did train
 
 
-def test_batchnorm_statistics_stay_even_if_batchnorm_were_trainable():
-    """``build_classifier`` calls the backbone with training=False: even trainable BatchNorm
-    layers keep their moving statistics (Keras' transfer-learning rule)."""
+def test_batchnorm_statistics_stay_even_if_batchnorm_were_trainable(weights_file):
+    """``build_classifier`` calls a pretrained backbone with training=False: even trainable
+    BatchNorm layers keep their moving statistics (Keras' transfer-learning rule)."""
     tf.keras.utils.set_random_seed(0)
-    model, backbone = trainer_module.build_model(tiny_settings())
+    model, backbone = trainer_module.build_model(tiny_settings(weights=weights_file))
     backbone.model.trainable = True  # BatchNorm included
     trainer_module.compile_model(model, 1e-2)
     statistics = _moving_statistics(backbone.model)
     _fine_tune_step(model)
     after = _moving_statistics(backbone.model)
     assert all(np.array_equal(a, b) for a, b in zip(statistics, after, strict=True))
+
+
+def test_a_randomly_initialised_backbone_trains_whole_with_batch_statistics():
+    """Frozen random features are useless: from scratch, every layer and BatchNorm learn."""
+    tf.keras.utils.set_random_seed(0)
+    model, backbone = trainer_module.build_model(tiny_settings(weights="random"))
+    assert not backbone.pretrained and backbone.model.trainable
+    statistics = _moving_statistics(backbone.model)
+    _fine_tune_step(model)
+    after = _moving_statistics(backbone.model)
+    assert not all(np.array_equal(a, b) for a, b in zip(statistics, after, strict=True))
 
 
 # --------------------------------------------------------------------------- input pipeline

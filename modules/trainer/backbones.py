@@ -76,6 +76,11 @@ class Backbone:
     weights_source: str  # where the weights came from, for the model card / metadata
     last_conv_layer: str  # layer in ``model`` whose output is the last conv map (Grad-CAM)
 
+    @property
+    def pretrained(self) -> bool:
+        """False for random initialisation, which must be trained whole, BatchNorm included."""
+        return not self.weights_source.startswith("random")
+
 
 @tf.keras.utils.register_keras_serializable(package="histopath_tfx")
 class ReverseChannels(tf.keras.layers.Layer):

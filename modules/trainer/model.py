@@ -7,9 +7,15 @@ from modules.trainer.backbones import Backbone
 
 
 def build_classifier(backbone: Backbone, image_size: int, dropout: float) -> tf.keras.Model:
-    """Backbone (always run in inference mode, so BatchNorm statistics stay put) + a small head."""
+    """Backbone + a small head.
+
+    A pretrained backbone always runs in inference mode, so its ImageNet BatchNorm statistics
+    stay put. A randomly initialised one has no statistics worth keeping: its BatchNorm
+    layers follow Keras' learning phase (batch statistics while fitting), or its features
+    collapse to a constant and the model learns nothing.
+    """
     inputs = tf.keras.Input((image_size, image_size, 3), name=features.TRANSFORMED_IMAGE_KEY)
-    x = backbone.model(inputs, training=False)
+    x = backbone.model(inputs, training=False if backbone.pretrained else None)
     x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = tf.keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 output even under mixed precision: a sigmoid in float16 saturates.

@@ -168,12 +168,17 @@ def training_inputs(
 
 
 def build_model(hp: dict[str, Any]) -> tuple[tf.keras.Model, backbones.Backbone]:
-    """Backbone + head, backbone frozen, compiled for phase 1. Call inside the strategy scope."""
+    """Backbone + head, compiled for phase 1. Call inside the strategy scope.
+
+    A pretrained backbone is frozen for phase 1; a randomly initialised one trains whole from
+    the start (freezing random features would leave only the head to learn).
+    """
     backbone = backbones.build_backbone(
         hp["backbone"], int(hp["image_size"]), hp["weights"], hp.get("weights_cache_dir")
     )
     model = build_classifier(backbone, int(hp["image_size"]), float(hp["dropout"]))
-    freeze_backbone(backbone.model)
+    if backbone.pretrained:
+        freeze_backbone(backbone.model)
     compile_model(model, float(hp["learning_rate"]))
     return model, backbone
 
@@ -188,6 +193,9 @@ def fit_two_phases(
 ) -> dict[str, dict[str, list[float]]]:
     """Phase "head" on the frozen backbone, then "fine_tune" of its top at a lower rate.
 
+    A backbone trained from scratch (random initialisation, never frozen) trains whole in
+    both phases; the second only lowers the learning rate.
+
     One function for the Trainer, the Tuner and the benchmarks, so they all train the same
     way. ``callbacks(phase)`` gives each phase fresh callbacks. Returns the Keras histories.
     """
@@ -196,11 +204,14 @@ def fit_two_phases(
             epochs=int(hp["epochs_head"]), callbacks=callbacks("head"), **fit_kwargs
         ).history
     }
-    if int(hp["epochs_fine_tune"]) > 0 and float(hp["fine_tune_fraction"]) > 0:
+    from_scratch = backbone_model.trainable  # random initialisation: every layer trains
+    wanted = from_scratch or float(hp["fine_tune_fraction"]) > 0
+    if int(hp["epochs_fine_tune"]) > 0 and wanted:
         with strategy.scope():
-            trainable = unfreeze_top(backbone_model, float(hp["fine_tune_fraction"]))
+            if not from_scratch:
+                trainable = unfreeze_top(backbone_model, float(hp["fine_tune_fraction"]))
+                logging.info("fine-tuning %d backbone layers", trainable)
             compile_model(model, float(hp["fine_tune_learning_rate"]))
-        logging.info("fine-tuning %d backbone layers", trainable)
         history["fine_tune"] = model.fit(
             epochs=int(hp["epochs_fine_tune"]), callbacks=callbacks("fine_tune"), **fit_kwargs
         ).history
