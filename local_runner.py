@@ -27,28 +27,21 @@ def module_file(dotted: str) -> str:
 def build(data_root: str, output_dir: str, **overrides) -> tfx.dsl.Pipeline:
     """The pipeline with configs' settings; tests pass overrides for create_pipeline's args."""
     tfx_root = os.path.join(output_dir, "tfx")
-    settings = dict(
-        pipeline_name=configs.PIPELINE_NAME,
-        pipeline_root=os.path.join(tfx_root, "pipelines", configs.PIPELINE_NAME),
-        data_root=os.path.abspath(data_root),
-        transform_module=module_file(configs.TRANSFORM_MODULE),
-        trainer_module=module_file(configs.TRAINER_MODULE),
-        enable_tuner=configs.ENABLE_TUNER,
-        tuner_module=module_file(configs.TUNER_MODULE),
-        tuner_trials=configs.TUNER_TRIALS,
-        serving_model_dir=os.path.join(output_dir, "serving_model", configs.PIPELINE_NAME),
-        image_size=configs.IMAGE_SIZE,
-        trainer_config=configs.trainer_config(),
-        train_steps=configs.TRAIN_NUM_STEPS,
-        eval_steps=configs.EVAL_NUM_STEPS,
-        min_auc=configs.MIN_AUC,
-        max_auc_drop=configs.MAX_AUC_DROP,
-        eval_split=configs.EVAL_SPLIT,
-        beam_pipeline_args=configs.LOCAL_BEAM_PIPELINE_ARGS,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            metadata_path(output_dir)
+    settings = {
+        **configs.pipeline_settings(),
+        "pipeline_name": configs.PIPELINE_NAME,
+        "pipeline_root": os.path.join(tfx_root, "pipelines", configs.PIPELINE_NAME),
+        "data_root": os.path.abspath(data_root),
+        # Files, not dotted paths: TFX packs each module's folder into a user-code wheel.
+        "transform_module": module_file(configs.TRANSFORM_MODULE),
+        "trainer_module": module_file(configs.TRAINER_MODULE),
+        "tuner_module": module_file(configs.TUNER_MODULE),
+        "serving_model_dir": os.path.join(output_dir, "serving_model", configs.PIPELINE_NAME),
+        "beam_pipeline_args": configs.LOCAL_BEAM_PIPELINE_ARGS,
+        "metadata_connection_config": (
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path(output_dir))
         ),
-    )
+    }
     settings.update(overrides)
     return pipeline.create_pipeline(**settings)
 

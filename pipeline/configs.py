@@ -79,3 +79,25 @@ def trainer_config() -> dict[str, Any]:
         "dropout": DROPOUT,
         "seed": SEED,
     }
+
+
+def pipeline_settings() -> dict[str, Any]:
+    """The create_pipeline arguments every runner takes from these settings, as they are.
+
+    Runners add what is theirs: paths, Beam options, metadata, and (locally) module files
+    in place of these dotted module paths.
+    """
+    return {
+        "transform_module": TRANSFORM_MODULE,
+        "trainer_module": TRAINER_MODULE,
+        "enable_tuner": ENABLE_TUNER,
+        "tuner_module": TUNER_MODULE,
+        "tuner_trials": TUNER_TRIALS,
+        "image_size": IMAGE_SIZE,
+        "trainer_config": trainer_config(),
+        "train_steps": TRAIN_NUM_STEPS,
+        "eval_steps": EVAL_NUM_STEPS,
+        "min_auc": MIN_AUC,
+        "max_auc_drop": MAX_AUC_DROP,
+        "eval_split": EVAL_SPLIT,
+    }

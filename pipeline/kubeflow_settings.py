@@ -300,23 +300,13 @@ def from_env(env: Mapping[str, str] | None = None) -> KubeflowSettings:
 
 def create_pipeline_kwargs(settings: KubeflowSettings) -> dict[str, Any]:
     """The create_pipeline arguments both cluster runners share (module paths, not files)."""
-    return dict(
-        pipeline_name=settings.pipeline_name,
-        pipeline_root=settings.pipeline_root,
-        data_root=settings.data_root,
-        # Dotted paths: the code is baked into the image, nothing is packaged at compile time.
-        transform_module=configs.TRANSFORM_MODULE,
-        trainer_module=configs.TRAINER_MODULE,
-        enable_tuner=configs.ENABLE_TUNER,
-        tuner_module=configs.TUNER_MODULE,
-        tuner_trials=configs.TUNER_TRIALS,
-        serving_model_dir=settings.serving_model_dir,
-        image_size=configs.IMAGE_SIZE,
-        trainer_config=configs.trainer_config(),
-        train_steps=configs.TRAIN_NUM_STEPS,
-        eval_steps=configs.EVAL_NUM_STEPS,
-        min_auc=configs.MIN_AUC,
-        max_auc_drop=configs.MAX_AUC_DROP,
-        eval_split=configs.EVAL_SPLIT,
-        beam_pipeline_args=settings.beam_pipeline_args,
-    )
+    return {
+        # Dotted module paths: the code is baked into the image, nothing is packaged at
+        # compile time.
+        **configs.pipeline_settings(),
+        "pipeline_name": settings.pipeline_name,
+        "pipeline_root": settings.pipeline_root,
+        "data_root": settings.data_root,
+        "serving_model_dir": settings.serving_model_dir,
+        "beam_pipeline_args": settings.beam_pipeline_args,
+    }

@@ -2,6 +2,7 @@
 
 import io
 import os
+import sys
 
 import numpy as np
 from PIL import Image
@@ -112,3 +113,21 @@ def pushed_versions(output: str) -> list:
 
     root = os.path.join(output, "serving_model", local_runner.configs.PIPELINE_NAME)
     return sorted(os.listdir(root)) if os.path.isdir(root) else []
+
+
+# --- Running the project's command-line tools as a user would ---
+
+BIN = os.path.dirname(sys.executable)
+
+
+def cli_env(home: str, **extra: str) -> dict:
+    """The caller's environment minus deployment settings, a fresh HOME, the venv first."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HISTO_", "KF_PIPELINES_", "KUBEFLOW_", "VERTEX_"))
+        and k != "TFX_IMAGE"
+    }
+    env.update(HOME=home, PATH=BIN + os.pathsep + env.get("PATH", ""), PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env

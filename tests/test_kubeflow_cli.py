@@ -19,10 +19,10 @@ import pytest
 import yaml
 from fake_kfp_server import FakeKfpServer, check_cron
 
+from histo_testlib import BIN, cli_env
 from kfp_tools import schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
 TFX = os.path.join(BIN, "tfx")
 RUNNER = os.path.join(REPO, "kubeflow_runner.py")
 PIPELINE_NAME = "histo-cli-test"
@@ -34,19 +34,6 @@ SETTINGS_ENV = {
 }
 JOB_NAME = f"{PIPELINE_NAME}-retrain"
 SCHEDULED_ROOT = "gs://histo-cli-bucket/scheduled"
-
-
-def cli_env(home: str, **extra: str) -> dict:
-    """The caller's environment minus deployment settings, a fresh HOME, the venv first."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("HISTO_", "KF_PIPELINES_", "KUBEFLOW_", "VERTEX_"))
-        and k != "TFX_IMAGE"
-    }
-    env.update(HOME=home, PATH=BIN + os.pathsep + env.get("PATH", ""), PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
 
 
 class Cli:

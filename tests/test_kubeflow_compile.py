@@ -10,17 +10,16 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tarfile
 
 import pytest
 import yaml
 
+from histo_testlib import BIN, cli_env
 from pipeline import kubeflow_settings
 from pipeline.kubeflow_settings import SettingsError, Toleration
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
 PIPELINE_NAME = "histo-kfp-test"
 IMAGE = "registry.example.com/histopath/tfx:test-1"
 BUCKET = "gs://histo-test-bucket"
@@ -68,19 +67,6 @@ EXPECTED_STEPS = {
     "tflitepusher": ("TFLitePusher", {"pusher", "tfliteexport"}),
 }
 BEAM_COMPONENTS = {"ImportExampleGen", "StatisticsGen", "Transform", "Evaluator"}
-
-
-def cli_env(home: str, **extra: str) -> dict:
-    """The caller's environment minus deployment settings, a fresh HOME, the venv first."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("HISTO_", "KF_PIPELINES_", "KUBEFLOW_", "VERTEX_"))
-        and k != "TFX_IMAGE"
-    }
-    env.update(HOME=home, PATH=BIN + os.pathsep + env.get("PATH", ""), PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
 
 
 def run_cli(args: list, env: dict, cwd: str, timeout: int = 240) -> subprocess.CompletedProcess:

@@ -7,14 +7,14 @@ read tasks, executors and images from it. Nothing is submitted (that needs GCP).
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from histo_testlib import BIN, cli_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
 PIPELINE_NAME = "histo-vertex-test"
 IMAGE = "europe-west4-docker.pkg.dev/histo/images/histopath-tfx:v2-test"
 SETTINGS_ENV = {
@@ -46,18 +46,6 @@ RESOLVER_TASKS = {
     "latest_blessed_model_resolver-model-blessing-resolver",
     "latest_blessed_model_resolver-model-resolver",
 }
-
-
-def cli_env(home: str, **extra: str) -> dict:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("HISTO_", "KF_PIPELINES_", "KUBEFLOW_", "VERTEX_"))
-        and k != "TFX_IMAGE"
-    }
-    env.update(HOME=home, PATH=BIN + os.pathsep + env.get("PATH", ""), PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
 
 
 @pytest.fixture(scope="module")
