@@ -145,7 +145,7 @@ def benchmark_size(images: str, work: str, size: int, args: argparse.Namespace) 
     transform_seconds = time.perf_counter() - started
 
     hp = trainer_module.hyperparameters(
-        {"image_size": size, "weights": "random", "batch_size": args.batch_size}
+        {"image_size": size, "weights": args.weights, "batch_size": args.batch_size}
     )
     tf.keras.utils.set_random_seed(int(hp["seed"]))
     counts = data.count_labels(patterns, tf_transform_output)
@@ -158,6 +158,7 @@ def benchmark_size(images: str, work: str, size: int, args: argparse.Namespace) 
 
     model, backbone = trainer_module.build_model(hp)
     result = {"image_size": size, "images": count, "batch_size": args.batch_size}
+    result["weights"] = backbone.weights_source
     result["transform_s"] = round(transform_seconds, 1)
     input_only = input_only_batches_per_second(pipeline, args.warmup, 3 * args.steps)
     result["input_only_batches_per_s"] = round(input_only, 1)
@@ -174,6 +175,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 224])
     parser.add_argument("--images-per-patient", type=int, default=10, help="x 20 patients")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--weights",
+        default="auto",
+        help="as the Trainer: pretrained weights freeze the backbone in the head phase; "
+        "'random' trains it whole from the start",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches per fit")
     parser.add_argument("--steps", type=int, default=10, help="timed batches per fit")
     parser.add_argument("--repeats", type=int, default=2, help="timed fits per feed and phase")
@@ -187,8 +194,9 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     total = time.perf_counter() - started
     print(
-        f"\nMobileNetV2 (random init), batch {args.batch_size}, {args.steps} timed steps x "
-        f"{args.repeats} per feed, median; TF {tf.__version__}, {os.cpu_count()} CPUs, "
+        f"\nMobileNetV2 (weights={args.weights}), batch {args.batch_size}, "
+        f"{args.steps} timed steps x {args.repeats} per feed, median; "
+        f"TF {tf.__version__}, {os.cpu_count()} CPUs, "
         f"devices: {[d.device_type for d in tf.config.list_physical_devices()]}"
     )
     print("size | phase     | in-memory steps/s | pipeline steps/s | pipeline / in-memory")
