@@ -165,28 +165,28 @@ def create_pipeline(
     transform.add_upstream_node(anomalies_gate)
     components.append(transform)
 
+    # What the Tuner's trials and the Trainer both train on, for the same number of steps.
+    training_inputs = dict(
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+    )
     tuner = None
     if enable_tuner:
         if not tuner_module:
             raise ValueError("enable_tuner needs tuner_module (a .py file or a dotted module)")
         # Same data, steps and settings as the Trainer; each trial costs about one training.
         tuner = tfx.components.Tuner(
-            examples=transform.outputs["transformed_examples"],
-            transform_graph=transform.outputs["transform_graph"],
-            schema=schema_gen.outputs["schema"],
-            train_args=tfx.proto.TrainArgs(num_steps=train_steps),
-            eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+            **training_inputs,
             custom_config={**trainer_config, "image_size": image_size, "max_trials": tuner_trials},
             **_module_kwargs(tuner_module, "tuner_fn", "tuner_fn"),
         )
         components.append(tuner)
 
     trainer = tfx.components.Trainer(
-        examples=transform.outputs["transformed_examples"],
-        transform_graph=transform.outputs["transform_graph"],
-        schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=train_steps),
-        eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+        **training_inputs,
         custom_config={**trainer_config, "image_size": image_size},
         hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         **_module_kwargs(trainer_module, "run_fn", "run_fn"),

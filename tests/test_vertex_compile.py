@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from histo_testlib import BIN, cli_env
+from histo_testlib import ALL_NODES, BIN, cli_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPELINE_NAME = "histo-vertex-test"
@@ -25,22 +25,7 @@ SETTINGS_ENV = {
     "HISTO_TRAINER_CPU_REQUEST": "8",
     "HISTO_TRAINER_MEMORY_REQUEST": "30G",
 }
-COMPONENTS = {
-    "GradCam",
-    "EvalReport",
-    "TFLiteExport",
-    "TFLitePusher",
-    "ImportExampleGen",
-    "PatientLeakageGate",
-    "StatisticsGen",
-    "SchemaGen",
-    "ExampleValidator",
-    "AnomaliesGate",
-    "Transform",
-    "Trainer",
-    "Evaluator",
-    "Pusher",
-}
+COMPONENTS = ALL_NODES - {"latest_blessed_model_resolver"}  # the resolver compiles to 2 tasks
 ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
 RESOLVER_TASKS = {
     "latest_blessed_model_resolver-model-blessing-resolver",
