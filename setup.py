@@ -32,6 +32,7 @@ setup(
         "dill>=0.3.1.1,<0.3.2",
         "pillow>=10",
         "numpy<2",
+        "scipy",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout", "ruff", "scikit-image"],

@@ -43,9 +43,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
-from scipy.stats import rankdata
 
 from modules import features
+from modules.metrics import roc_auc
 from modules.trainer import data, trainer_module
 from modules.transform.transform_module import decode_and_resize
 from preprocessing import layouts
@@ -151,18 +151,6 @@ def grouped_folds(groups: dict[str, tuple], k: int) -> list[list[str]]:
 def image_folds(groups: dict[str, tuple], k: int) -> list[list[str]]:
     """Folds of the leaky control: fold j holds every patient's j-th share of images."""
     return [[g for g in groups if g.endswith(f"#{j}")] for j in range(k)]
-
-
-def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """Exact ROC AUC (Mann-Whitney U, ties count half); NaN with a single class."""
-    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    positives, negatives = int(labels.sum()), int(len(labels) - labels.sum())
-    if not positives or not negatives:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float(
-        (ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
-    )
 
 
 def accuracy(labels: Sequence[int], scores: Sequence[float]) -> float:

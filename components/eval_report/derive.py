@@ -16,6 +16,7 @@ from typing import Any
 
 from components.eval_report.tfma_reader import EvalData, SliceKey
 from modules import features
+from modules.metrics import roc_auc
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -99,16 +100,6 @@ def slices_of(data: EvalData, column: str) -> list[tuple[str, dict[str, Any]]]:
     return sorted(found, key=lambda item: (len(item[0]), item[0]))
 
 
-def mann_whitney_auc(scores: list[float], labels: list[int]) -> float:
-    """P(score of a random positive > score of a random negative), ties count half."""
-    positives = [s for s, y in zip(scores, labels, strict=True) if y == 1]
-    negatives = [s for s, y in zip(scores, labels, strict=True) if y == 0]
-    if not positives or not negatives:
-        return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
-    return wins / (len(positives) * len(negatives))
-
-
 def patients(data: EvalData, threshold: float) -> dict[str, Any]:
     """Per-patient rows from TFMA's patient slices, and their patient-level aggregate."""
     rows = []
@@ -143,7 +134,7 @@ def patients(data: EvalData, threshold: float) -> dict[str, Any]:
         "sensitivity": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
         "accuracy": _ratio(tp + tn, len(known)),
-        "auc": mann_whitney_auc([r["score"] for r in known], [r["label"] for r in known]),
+        "auc": roc_auc([r["label"] for r in known], [r["score"] for r in known]),
     }
     return {"rows": rows, "aggregate": aggregate}
 

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from modules.metrics import roc_auc
+
 
 @dataclasses.dataclass
 class Parity:
@@ -27,32 +29,12 @@ class Parity:
     reason: str
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Exact ROC AUC (Mann-Whitney U with average ranks for ties); NaN with one class."""
-    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), np.float64)
-    sorted_scores = scores[order]
-    start = 0
-    while start < len(scores):  # average rank over runs of tied scores
-        end = start
-        while end + 1 < len(scores) and sorted_scores[end + 1] == sorted_scores[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
-        start = end + 1
-    u = ranks[labels].sum() - positives * (positives + 1) / 2.0
-    return float(u / (positives * negatives))
-
-
 def check(
     savedmodel: np.ndarray, tflite: np.ndarray, labels: np.ndarray, max_auc_drop: float
 ) -> Parity:
     """Passes when both classes are present and AUC(tflite) >= AUC(savedmodel) - max drop."""
     labels = np.asarray(labels).astype(int)
-    reference, candidate = auc(savedmodel, labels), auc(tflite, labels)
+    reference, candidate = roc_auc(labels, savedmodel), roc_auc(labels, tflite)
     drop = reference - candidate
     if np.isnan(reference) or np.isnan(candidate):
         ok, reason = False, "AUC undefined: the parity images must hold both classes"
