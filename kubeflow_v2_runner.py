@@ -42,7 +42,11 @@ def output_filename(pipeline_name: str) -> str:
 def run() -> None:
     """Builds the settings and compiles create_pipeline into <pipeline_name>_pipeline.json."""
     settings = kubeflow_settings.from_env()
-    tfx_pipeline = create_pipeline(**kubeflow_settings.create_pipeline_kwargs(settings))
+    # KFP v2 compiles only TFX's built-in resolver strategies, not the drift gate's
+    # baseline lookup (components/baseline_statistics.py): Vertex runs without that gate.
+    tfx_pipeline = create_pipeline(
+        **kubeflow_settings.create_pipeline_kwargs(settings), drift_gate=False
+    )
     for component in tfx_pipeline.components:
         if component.id == TRAINER_ID:
             component.with_platform_config(trainer_resources(settings))

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import statistics
 import tempfile
 import time
@@ -48,7 +47,7 @@ from modules import features
 from modules.metrics import roc_auc
 from modules.trainer import data, trainer_module
 from modules.transform.transform_module import decode_and_resize
-from preprocessing import layouts
+from preprocessing import layouts, patients
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "breakhis-crops")
@@ -72,8 +71,8 @@ class SpecOf:
 
 
 def patient_group(patient_id: str) -> str:
-    """``14-14134E`` -> ``14-14134``: slides of one patient must not straddle a split."""
-    return re.sub(r"[A-Za-z]+$", "", patient_id)
+    """The pipeline's own patient rule: slides of one patient must not straddle a split."""
+    return patients.patient_of(patient_id)
 
 
 def patient_key(record: layouts.ImageRecord, position: int) -> str:

@@ -51,25 +51,31 @@ def naive(images: str, output: str) -> int:
 
     from preprocessing import layouts, splits
     from preprocessing.examples import to_example
+    from preprocessing.image_content import describe
     from preprocessing.image_io import BadImageError, load_image
 
     records, _ = layouts.discover(images)
     ratios = (0.7, 0.15, 0.15)
+    assignment = splits.assign_splits(
+        splits.patient_classes((r.patient_id, r.label) for r in records), ratios
+    )
     options = tf.io.TFRecordOptions(compression_type="GZIP")
     writers = {}
     written = 0
     for record in records:
-        split = splits.split_for_patient(record.patient_id, ratios)
+        split = assignment[record.patient_id]
         try:
             with open(record.path, "rb") as f:
-                image = load_image(f.read())
+                data = f.read()
+            image = load_image(data)
+            content = describe(data)
         except BadImageError:
             continue
         if split not in writers:
             os.makedirs(os.path.join(output, split), exist_ok=True)
             path = os.path.join(output, split, "data.tfrecord.gz")
             writers[split] = tf.io.TFRecordWriter(path, options)
-        writers[split].write(to_example(record, image).SerializeToString())
+        writers[split].write(to_example(record, image, content).SerializeToString())
         written += 1
     for writer in writers.values():
         writer.close()

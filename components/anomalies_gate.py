@@ -43,15 +43,20 @@ def anomalies_by_split(anomalies: Artifact) -> dict[str, list[str]]:
     return found
 
 
+def check_anomalies(anomalies: Artifact) -> None:
+    """Raises, listing every anomaly per split, when ExampleValidator reported any."""
+    found = anomalies_by_split(anomalies)
+    if found:
+        detail = " | ".join(f"{split}: {'; '.join(items)}" for split, items in found.items())
+        raise RuntimeError(f"Data anomalies against the schema, run stopped: {detail}")
+
+
 @component
 def AnomaliesGate(
     anomalies: InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
     check: OutputArtifact[AnomaliesCheck],
 ) -> None:
     """Raises, listing every anomaly per split, when ExampleValidator reported any."""
-    found = anomalies_by_split(anomalies)
-    if found:
-        detail = " | ".join(f"{split}: {'; '.join(items)}" for split, items in found.items())
-        raise RuntimeError(f"Data anomalies against the schema, run stopped: {detail}")
+    check_anomalies(anomalies)
     with fileio.open(os.path.join(check.uri, REPORT_FILE), "w") as f:
         f.write(json.dumps({"anomalies": {}}, indent=2))

@@ -10,13 +10,14 @@ import os
 from collections import defaultdict
 
 from tfx import v1 as tfx
-from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.io import fileio
 from tfx.types.artifact import Artifact
 
 from components.example_io import iter_bytes_feature, split_files
 from modules import features
+from preprocessing import patients
 
 REPORT_FILE = "patients_per_split.json"
 
@@ -30,23 +31,25 @@ class PatientSplitReport(Artifact):
 def find_leaking_patients(patients_by_split: dict[str, set[str]]) -> dict[str, list]:
     """Returns {patient_id: [splits]} for every patient present in more than one split."""
     splits_by_patient: dict[str, list] = defaultdict(list)
-    for split, patients in sorted(patients_by_split.items()):
-        for patient in patients:
+    for split, members in sorted(patients_by_split.items()):
+        for patient in members:
             splits_by_patient[patient].append(split)
     return {p: s for p, s in sorted(splits_by_patient.items()) if len(s) > 1}
 
 
-@component
-def PatientLeakageGate(
-    examples: InputArtifact[tfx.types.standard_artifacts.Examples],
-    report: OutputArtifact[PatientSplitReport],
-) -> None:
-    """Reads patient ids per split; raises with the offending ids if any split shares one."""
-    patients_by_split: dict[str, set[str]] = {}
-    for split, files in split_files(examples).items():
-        patients_by_split[split] = {
-            value.decode("utf-8") for value in iter_bytes_feature(files, features.PATIENT_ID_KEY)
+def patients_by_split(examples: tfx.types.standard_artifacts.Examples, rule: str) -> dict:
+    """{split: {patient}} under the patient rule (slide ids of one patient become one)."""
+    return {
+        split: {
+            patients.patient_of(value.decode("utf-8"), rule)
+            for value in iter_bytes_feature(files, features.PATIENT_ID_KEY)
         }
+        for split, files in split_files(examples).items()
+    }
+
+
+def check_leakage(patients_by_split: dict[str, set[str]]) -> None:
+    """Raises naming every patient that sits in more than one split."""
     leaks = find_leaking_patients(patients_by_split)
     if leaks:
         detail = "; ".join(f"{p} in {', '.join(s)}" for p, s in leaks.items())
@@ -55,6 +58,17 @@ def PatientLeakageGate(
             f"({detail}). Splits must be patient-disjoint: re-run preprocessing or fix the "
             "manifest."
         )
-    summary = {split: sorted(p) for split, p in patients_by_split.items()}
+
+
+@component
+def PatientLeakageGate(
+    examples: InputArtifact[tfx.types.standard_artifacts.Examples],
+    report: OutputArtifact[PatientSplitReport],
+    patient_rule: Parameter[str] = patients.DEFAULT_RULE,
+) -> None:
+    """Reads patient ids per split; raises with the offending ids if any split shares one."""
+    found = patients_by_split(examples, patient_rule)
+    check_leakage(found)
+    summary = {split: sorted(p) for split, p in found.items()}
     with fileio.open(os.path.join(report.uri, REPORT_FILE), "w") as f:
         f.write(json.dumps(summary, indent=2))

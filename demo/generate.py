@@ -6,7 +6,7 @@ arranged around gland-like lumens. These mimic textbook criteria (cellularity,
 pleomorphism, hyperchromasia, loss of architecture) so the pipeline has something real to
 learn, but they are drawings: a model trained on them says nothing about diagnostic
 accuracy on real tissue. Each patient gets its own stain colours, as slides from different
-labs do, and patients are chosen so every split holds both classes.
+labs do; the stratified patient split gives every split both classes.
 """
 
 import argparse
@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from modules import features
-from preprocessing import splits
 
 EOSIN = np.array([232.0, 170.0, 200.0])
 HEMATOXYLIN = np.array([70.0, 40.0, 120.0])
@@ -67,35 +66,26 @@ def draw_tile(
     return image.filter(ImageFilter.GaussianBlur(0.8))
 
 
-def pick_patients(
-    per_split_per_class: tuple[int, ...], ratios: tuple[float, ...], salt: str = ""
-) -> list[tuple[str, int]]:
-    """Patient ids whose hash split gives each split the wanted number of each class."""
-    chosen: list[tuple[str, int]] = []
-    for label, name in enumerate(features.LABEL_NAMES):
-        want = dict(zip(features.SPLITS, per_split_per_class, strict=True))
-        index = 0
-        while any(want.values()):
-            patient = f"demo-{name[0].upper()}{index:03d}"
-            split = splits.split_for_patient(patient, ratios, salt)
-            if want[split]:
-                want[split] -= 1
-                chosen.append((patient, label))
-            index += 1
-    return chosen
-
-
 def generate(
     output: str,
     images_per_patient: int = 8,
-    patients_per_split_per_class: tuple[int, ...] = (6, 2, 2),
+    patients_per_class: int = 10,
     size: int = 224,
     seed: int = 0,
-    ratios: tuple[float, ...] = (0.7, 0.15, 0.15),
+    first_patient: int = 0,
 ) -> int:
-    """Writes ``<class>/<patient>/tile_<k>.png`` under output; returns the number of images."""
+    """Writes ``<class>/<patient>/tile_<k>.png`` under output; returns the number of images.
+
+    ``first_patient`` numbers the patients, so a later call adds new patients beside
+    earlier ones (a new span's arrivals).
+    """
     count = 0
-    for patient, label in pick_patients(patients_per_split_per_class, ratios):
+    chosen = [
+        (f"demo-{name[0].upper()}{index:03d}", label)
+        for label, name in enumerate(features.LABEL_NAMES)
+        for index in range(first_patient, first_patient + patients_per_class)
+    ]
+    for patient, label in chosen:
         rng = np.random.default_rng([seed, sum(patient.encode())])
         stain = rng.uniform(0.85, 1.1, 3)
         folder = os.path.join(output, features.LABEL_NAMES[label], patient)

@@ -8,12 +8,19 @@ signatures and the tests) takes its names from here.
 # Raw features written by ``preprocessing`` into every tf.Example.
 IMAGE_KEY = "image"  # encoded PNG/JPEG bytes, as found on disk
 LABEL_KEY = "label"  # int64: index into LABEL_NAMES
-PATIENT_ID_KEY = "patient_id"  # bytes: the unit of patient-disjoint splitting
+PATIENT_ID_KEY = "patient_id"  # bytes: the patient (preprocessing.patients' rule)
+SLIDE_ID_KEY = "slide_id"  # bytes: the slide (or image-level id) as the source names it
 MAGNIFICATION_KEY = "magnification"  # int64: 40/100/200/400 for BreakHis, 0 if unknown
 HEIGHT_KEY = "height"  # int64: pixels of the stored image
 WIDTH_KEY = "width"  # int64
 SOURCE_KEY = "source"  # bytes: path relative to the input root
 SUBTYPE_KEY = "subtype"  # bytes: tumour subtype from the file name, "" if none
+# Image-content features (preprocessing/image_content.py), compared between spans for drift.
+STAIN_HEMATOXYLIN_KEY = "stain_hematoxylin"  # float: mean H density over tissue (OD)
+STAIN_EOSIN_KEY = "stain_eosin"  # float: mean E density over tissue (OD)
+TISSUE_FRACTION_KEY = "tissue_fraction"  # float: share of non-background pixels
+SHARPNESS_KEY = "sharpness"  # float: variance of the Laplacian, native resolution
+SOURCE_FORMAT_KEY = "source_format"  # bytes: the file's own encoding (JPEG, PNG, TIFF...)
 
 LABEL_NAMES: tuple[str, ...] = ("benign", "malignant")
 POSITIVE_LABEL = 1  # "malignant" is the positive class for every metric
@@ -37,7 +44,20 @@ CLASS_NAME_OUTPUT = "class_name"
 DEFAULT_IMAGE_SIZE = 224
 
 INT_FEATURES: tuple[str, ...] = (LABEL_KEY, MAGNIFICATION_KEY, HEIGHT_KEY, WIDTH_KEY)
-BYTES_FEATURES: tuple[str, ...] = (IMAGE_KEY, PATIENT_ID_KEY, SOURCE_KEY, SUBTYPE_KEY)
+BYTES_FEATURES: tuple[str, ...] = (
+    IMAGE_KEY,
+    PATIENT_ID_KEY,
+    SLIDE_ID_KEY,
+    SOURCE_KEY,
+    SUBTYPE_KEY,
+    SOURCE_FORMAT_KEY,
+)
+FLOAT_FEATURES: tuple[str, ...] = (
+    STAIN_HEMATOXYLIN_KEY,
+    STAIN_EOSIN_KEY,
+    TISSUE_FRACTION_KEY,
+    SHARPNESS_KEY,
+)
 
 
 def label_from_name(name: str) -> int:

@@ -4,10 +4,12 @@ Runners read these; ``pipeline.create_pipeline`` takes them as arguments so test
 pass their own. Every setting has a documented default that works for the demo.
 """
 
+import json
 import os
 from typing import Any
 
 from modules import features
+from preprocessing import patients
 
 
 def _env(name: str, default: str) -> str:
@@ -52,6 +54,32 @@ SEED = _env_int("HISTO_SEED", 42)
 ENABLE_TUNER = _env("HISTO_ENABLE_TUNER", "false").strip().lower() in ("1", "true", "yes", "on")
 TUNER_TRIALS = _env_int("HISTO_TUNER_TRIALS", 4)
 
+# Data gates (before Transform). The patient rule must be the one preprocessing used.
+PATIENT_RULE = _env("HISTO_PATIENT_RULE", patients.DEFAULT_RULE)
+# The curated raw-data schema (ImportSchemaGen); regenerate with pipeline/schema/curate.py.
+SCHEMA_FILE = _env(
+    "HISTO_SCHEMA_FILE",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema", "schema.pbtxt"),
+)
+# Drift gate: the new span's train split against the train split behind the last blessed
+# model. Jensen-Shannon divergence for numeric features, L-infinity for the format.
+# Measured on the demo data (benchmarks/README: drift figures): same patients plus new
+# ones <= 0.011, other BreakHis patients <= 0.03, a stain + blur shift 0.16-1.0.
+DRIFT_SPLIT = features.TRAIN_SPLIT
+DRIFT_MAX_JSD = _env_float("HISTO_DRIFT_MAX_JSD", 0.1)
+DRIFT_MAX_FORMAT_LINF = _env_float("HISTO_DRIFT_MAX_FORMAT_LINF", 0.2)
+DRIFT_JSD_FEATURES: tuple[str, ...] = (
+    features.STAIN_HEMATOXYLIN_KEY,
+    features.STAIN_EOSIN_KEY,
+    features.TISSUE_FRACTION_KEY,
+    features.SHARPNESS_KEY,
+    features.MAGNIFICATION_KEY,
+    features.HEIGHT_KEY,
+    features.WIDTH_KEY,
+)
+# Features whose drift is accepted on purpose (comma-separated, or "all"): still reported.
+ACCEPT_DRIFT = _env("HISTO_ACCEPT_DRIFT", "")
+
 # Evaluator blessing: an absolute floor and a "must not be worse than the last blessed model".
 EVAL_SPLIT = features.TEST_SPLIT
 MIN_AUC = _env_float("HISTO_MIN_AUC", 0.6)
@@ -63,6 +91,13 @@ LOCAL_BEAM_PIPELINE_ARGS: list[str] = [
     "--direct_running_mode=multi_processing",
     "--direct_num_workers=0",
 ]
+
+
+def drift_thresholds() -> str:
+    """The drift gate's thresholds as its JSON parameter: {feature: {comparator: max}}."""
+    thresholds = {name: {"jensen_shannon_divergence": DRIFT_MAX_JSD} for name in DRIFT_JSD_FEATURES}
+    thresholds[features.SOURCE_FORMAT_KEY] = {"infinity_norm": DRIFT_MAX_FORMAT_LINF}
+    return json.dumps(thresholds, sort_keys=True)
 
 
 def trainer_config() -> dict[str, Any]:
@@ -100,4 +135,8 @@ def pipeline_settings() -> dict[str, Any]:
         "min_auc": MIN_AUC,
         "max_auc_drop": MAX_AUC_DROP,
         "eval_split": EVAL_SPLIT,
+        "schema_file": SCHEMA_FILE,
+        "patient_rule": PATIENT_RULE,
+        "drift_thresholds": drift_thresholds(),
+        "accept_drift": ACCEPT_DRIFT,
     }

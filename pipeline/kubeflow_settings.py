@@ -13,6 +13,8 @@ HISTO_BUCKET                    gs://histopath-tfx; root of the three paths belo
 HISTO_PIPELINE_ROOT             $HISTO_BUCKET/tfx_pipeline_output/$HISTO_PIPELINE_NAME
 HISTO_DATA_ROOT                 $HISTO_BUCKET/data (holds span-N/ from histo-preprocess)
 HISTO_SERVING_MODEL_DIR         $HISTO_PIPELINE_ROOT/serving_model (Pusher's destination)
+HISTO_SCHEMA_FILE               /pipeline/pipeline/schema/schema.pbtxt: the curated schema
+                                inside the image (or a gs:// copy of your own)
 HISTO_ALLOW_LOCAL_PATHS         0; pods cannot see this machine's disk, so local paths are
                                 refused unless set to 1 (e.g. a volume mounted in every pod)
 HISTO_BEAM_RUNNER               direct | dataflow | portable (Flink/Spark job server)
@@ -57,6 +59,8 @@ from pipeline import configs
 
 DEFAULT_IMAGE = "histopath-tfx:latest"
 DEFAULT_BUCKET = "gs://histopath-tfx"
+# The curated schema where the Dockerfile puts the repository (WORKDIR /pipeline).
+IMAGE_SCHEMA_FILE = "/pipeline/pipeline/schema/schema.pbtxt"
 REMOTE_SCHEMES = ("gs://", "s3://")
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 BEAM_RUNNERS = ("direct", "dataflow", "portable")
@@ -84,6 +88,7 @@ class KubeflowSettings:
     pipeline_root: str
     data_root: str
     serving_model_dir: str
+    schema_file: str
     beam_pipeline_args: list[str]
     trainer_gpus: int
     trainer_node_selector: dict[str, str]
@@ -279,6 +284,7 @@ def from_env(env: Mapping[str, str] | None = None) -> KubeflowSettings:
             "HISTO_SERVING_MODEL_DIR",
             _get(env, "HISTO_SERVING_MODEL_DIR", f"{pipeline_root}/serving_model"),
         ),
+        schema_file=_get(env, "HISTO_SCHEMA_FILE", IMAGE_SCHEMA_FILE),
         beam_pipeline_args=beam_pipeline_args(env, bucket, image, cpu),
         trainer_gpus=gpus,
         trainer_node_selector=selector,
@@ -308,5 +314,6 @@ def create_pipeline_kwargs(settings: KubeflowSettings) -> dict[str, Any]:
         "pipeline_root": settings.pipeline_root,
         "data_root": settings.data_root,
         "serving_model_dir": settings.serving_model_dir,
+        "schema_file": settings.schema_file,
         "beam_pipeline_args": settings.beam_pipeline_args,
     }

@@ -12,6 +12,8 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
 from components.anomalies_gate import AnomaliesGate
+from components.baseline_statistics import BaselineStatisticsStrategy
+from components.drift_gate import DriftGate
 from components.eval_report.component import EvalReport
 from components.grad_cam.component import GradCam
 from components.patient_leakage_gate import PatientLeakageGate
@@ -19,6 +21,7 @@ from components.pusher import dedup_executor
 from components.tflite_export.component import TFLiteExport, TFLitePusher
 from modules import features
 from modules.trainer.export import DECISION_THRESHOLD
+from preprocessing import patients
 
 
 def _split_input_config() -> example_gen_pb2.Input:
@@ -119,6 +122,11 @@ def create_pipeline(
     eval_steps: int,
     min_auc: float,
     max_auc_drop: float,
+    schema_file: str,
+    drift_thresholds: str,
+    patient_rule: str = patients.DEFAULT_RULE,
+    accept_drift: str = "",
+    drift_gate: bool = True,
     eval_split: str = features.TEST_SPLIT,
     beam_pipeline_args: list[str] | None = None,
     metadata_connection_config: Any | None = None,
@@ -135,15 +143,16 @@ def create_pipeline(
     )
     components.append(example_gen)
 
-    leakage_gate = PatientLeakageGate(examples=example_gen.outputs["examples"])
+    leakage_gate = PatientLeakageGate(
+        examples=example_gen.outputs["examples"], patient_rule=patient_rule
+    )
     components.append(leakage_gate)
 
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     components.append(statistics_gen)
 
-    schema_gen = tfx.components.SchemaGen(
-        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True
-    )
+    # A fixed, curated schema: a schema re-inferred from each span could never object to it.
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
     components.append(schema_gen)
 
     example_validator = tfx.components.ExampleValidator(
@@ -153,6 +162,27 @@ def create_pipeline(
 
     anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
     components.append(anomalies_gate)
+    gates = [leakage_gate, anomalies_gate]
+
+    if drift_gate:
+        # The statistics of the data the serving (last blessed) model was trained on.
+        baseline_resolver = tfx.dsl.Resolver(
+            strategy_class=BaselineStatisticsStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+            statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics),
+        ).with_id("baseline_statistics_resolver")
+        components.append(baseline_resolver)
+        drift = DriftGate(
+            statistics=statistics_gen.outputs["statistics"],
+            schema=schema_gen.outputs["schema"],
+            baseline_statistics=baseline_resolver.outputs["statistics"],
+            thresholds=drift_thresholds,
+            accepted=accept_drift,
+            split=features.TRAIN_SPLIT,
+        )
+        components.append(drift)
+        gates.append(drift)
 
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
@@ -161,8 +191,8 @@ def create_pipeline(
         **_module_kwargs(transform_module, "preprocessing_fn", "preprocessing_fn"),
     )
     # Data gates must pass before any expensive work starts.
-    transform.add_upstream_node(leakage_gate)
-    transform.add_upstream_node(anomalies_gate)
+    for gate in gates:
+        transform.add_upstream_node(gate)
     components.append(transform)
 
     # What the Tuner's trials and the Trainer both train on, for the same number of steps.

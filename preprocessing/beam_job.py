@@ -11,6 +11,7 @@ an interrupted or rejected run never leaves a half-written span behind.
 """
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -26,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from modules import features
-from preprocessing import splits
+from preprocessing import image_content, patients, splits
 from preprocessing.examples import to_example
 from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, BadImageError, load_image
 from preprocessing.layouts import ImageRecord, Reject
@@ -35,6 +36,7 @@ from preprocessing.progress import ProgressPrinter, WorkerCounter
 REJECTS_TAG = "rejects"
 REJECTS_FILE = "rejects.csv"
 SUMMARY_FILE = "summary.json"
+ASSIGNMENTS_FILE = "split_assignments.json"  # {patient: split}, published with the span
 _SPAN_DIR = re.compile(r"^span-(\d+)$")
 
 
@@ -43,9 +45,14 @@ class PreprocessingError(RuntimeError):
 
 
 def csv_line(*values: str) -> str:
+    """One CSV row without its line end; a field with a line break in it is quoted.
+
+    (csv quotes only the characters of its lineterminator: with ``""`` a file name or reason
+    holding a newline would split into two rows of the rejects shard.)
+    """
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow(values)
-    return buffer.getvalue()
+    csv.writer(buffer, lineterminator="\r\n").writerow(values)
+    return buffer.getvalue()[:-2]
 
 
 class EncodeExample(beam.DoFn):
@@ -72,12 +79,13 @@ class EncodeExample(beam.DoFn):
             with FileSystems.open(record.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 data = f.read()
             image = load_image(data, self._min_side, self._max_pixels)
+            content = image_content.describe(data)
         except (BadImageError, OSError) as err:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTS_TAG, csv_line(record.source, str(err)))
             return
         self._done.inc()
-        yield split, to_example(record, image).SerializeToString()
+        yield split, to_example(record, image, content).SerializeToString()
 
 
 def next_span(output_root: str) -> int:
@@ -160,13 +168,17 @@ def _run_pipeline(
 
 
 def read_beam_rejects(workdir: str) -> list[Reject]:
+    """The reject lines of every ``beam-rejects-*`` shard (one per worker bundle); deletes them."""
+    pattern = FileSystems.join(workdir, "beam-rejects*")
+    paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
     rejects = []
-    for path in sorted(
-        FileSystems.match([os.path.join(workdir, "beam-rejects*")])[0].metadata_list
-    ):
-        with open(path.path, newline="", encoding="utf-8") as f:
-            rejects.extend(Reject(row[0], row[1]) for row in csv.reader(f) if row)
-        os.remove(path.path)
+    for path in paths:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            text = f.read().decode("utf-8")
+        rows = csv.reader(io.StringIO(text, newline=""))
+        rejects.extend(Reject(row[0], row[1]) for row in rows if row)
+    if paths:
+        FileSystems.delete(paths)
     return rejects
 
 
@@ -177,6 +189,31 @@ def write_reports(workdir: str, rejects: list[Reject], summary: dict) -> None:
         writer.writerows((r.source, r.reason) for r in sorted(rejects, key=lambda r: r.source))
     with open(os.path.join(workdir, SUMMARY_FILE), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
+
+
+def published_assignments(output_root: str) -> dict[str, str]:
+    """{patient: split} of every span already published under output_root.
+
+    A patient keeps the split it was first given; two spans that disagree (hand-made
+    spans) are an error, not something to guess about.
+    """
+    merged: dict[str, str] = {}
+    for span in sorted(
+        int(m.group(1))
+        for name in (os.listdir(output_root) if os.path.isdir(output_root) else [])
+        if (m := _SPAN_DIR.match(name))
+    ):
+        path = os.path.join(output_root, f"span-{span}", ASSIGNMENTS_FILE)
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            for patient, split in json.load(f).items():
+                if merged.setdefault(patient, split) != split:
+                    raise PreprocessingError(
+                        f"{path}: patient {patient} is in '{split}' here but in "
+                        f"'{merged[patient]}' in an earlier span"
+                    )
+    return merged
 
 
 def preprocess(
@@ -190,6 +227,7 @@ def preprocess(
     min_side: int = DEFAULT_MIN_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     span: int | None = None,
+    patient_rule: str = patients.DEFAULT_RULE,
 ) -> dict:
     """Runs the job and publishes ``span-N`` atomically; returns the summary written with it."""
     os.makedirs(output_root, exist_ok=True)
@@ -198,7 +236,19 @@ def preprocess(
     if os.path.exists(final_dir):
         raise PreprocessingError(f"{final_dir} exists already; spans are never overwritten")
     workdir = os.path.join(output_root, f".tmp-span-{span}-{uuid.uuid4().hex[:8]}")
-    assigned = [(splits.split_for_patient(r.patient_id, ratios, salt), r) for r in records]
+    records = [
+        dataclasses.replace(
+            r,
+            patient_id=patients.patient_of(r.patient_id, patient_rule),
+            slide_id=r.slide_id or r.patient_id,
+        )
+        for r in records
+    ]
+    previous = published_assignments(output_root)
+    assignment = splits.assign_splits(
+        splits.patient_classes((r.patient_id, r.label) for r in records), ratios, previous, salt
+    )
+    assigned = [(assignment[r.patient_id], r) for r in records]
     started = time.time()
     try:
         os.makedirs(workdir)
@@ -214,12 +264,16 @@ def preprocess(
             "images_written": len(kept),
             "images_rejected": len(rejects),
             "beam_counters": counters,
+            "patient_rule": patient_rule,
             "split_ratios": list(ratios),
             "split_salt": salt,
+            "patients_kept_from_earlier_spans": len({p for _, p, _ in kept} & set(previous)),
             "splits": splits.summarize(kept),
         }
         summary["warnings"] = splits.class_warnings(summary["splits"])
         write_reports(workdir, rejects, summary)
+        with open(os.path.join(workdir, ASSIGNMENTS_FILE), "w", encoding="utf-8") as f:
+            json.dump({p: s for s, p, _ in sorted(kept)}, f, indent=2, sort_keys=True)
         fraction = len(rejects) / total if total else 1.0
         problem = None
         if not kept:

@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 
-from preprocessing import layouts, splits
+from preprocessing import layouts, patients, splits
 from preprocessing.beam_job import PreprocessingError, preprocess
 from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 
@@ -22,6 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--manifest", help="CSV path,label,patient_id[,magnification,subtype]")
     parser.add_argument("--split-ratios", default="0.7,0.15,0.15", help="train,eval,test")
     parser.add_argument("--split-salt", default="", help="change to draw a different split")
+    parser.add_argument(
+        "--patient-rule",
+        default=patients.DEFAULT_RULE,
+        type=patients.validate_rule,
+        help="which ids are one patient: breakhis (slide letters dropped), as-is, regex:<pat>",
+    )
     parser.add_argument("--max-reject-fraction", type=float, default=0.05)
     parser.add_argument("--min-side", type=int, default=DEFAULT_MIN_SIDE)
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
@@ -34,6 +40,10 @@ def format_summary(summary: dict) -> str:
         f"{summary['images_rejected']} rejected of {summary['images_found']} "
         f"in {summary['seconds']}s"
     ]
+    lines.append(
+        f"  patients by rule '{summary['patient_rule']}'; "
+        f"{summary['patients_kept_from_earlier_spans']} kept their split from earlier spans"
+    )
     for split, info in summary["splits"].items():
         per_class = ", ".join(f"{name} {count}" for name, count in info["per_class"].items())
         lines.append(
@@ -67,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             beam_args=beam_args,
             min_side=args.min_side,
             max_pixels=args.max_pixels,
+            patient_rule=args.patient_rule,
         )
     except (PreprocessingError, ValueError, OSError) as err:
         print(f"histo-preprocess: error: {err}", file=sys.stderr)

@@ -25,13 +25,20 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     f.message_type.add(name="BytesList").field.append(
         _field("value", 1, _FIELD.TYPE_BYTES, repeated)
     )
+    f.message_type.add(name="FloatList").field.append(
+        _field("value", 1, _FIELD.TYPE_FLOAT, repeated)
+    )
     f.message_type.add(name="Int64List").field.append(
         _field("value", 1, _FIELD.TYPE_INT64, repeated)
     )
     feature = f.message_type.add(name="Feature")
     feature.oneof_decl.add(name="kind")
-    for name, number in (("bytes_list", 1), ("int64_list", 3)):
-        type_name = f".{_PACKAGE}.{'BytesList' if number == 1 else 'Int64List'}"
+    for name, number, list_type in (
+        ("bytes_list", 1, "BytesList"),
+        ("float_list", 2, "FloatList"),
+        ("int64_list", 3, "Int64List"),
+    ):
+        type_name = f".{_PACKAGE}.{list_type}"
         feature.field.append(
             _field(name, number, _FIELD.TYPE_MESSAGE, type_name=type_name, oneof_index=0)
         )

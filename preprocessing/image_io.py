@@ -7,6 +7,7 @@ to an 8-bit RGB PNG so Transform's decoder sees one kind of input.
 
 import dataclasses
 import io
+import re
 import warnings
 
 import numpy as np
@@ -43,16 +44,115 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# The raster formats a slide tile comes in. Pillow knows ~40 more (EPS would run
+# Ghostscript on a hostile file); a file in any other format is "not a recognised image".
+_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
+_IMAGE_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+)
+_OTHER_SIGNATURES = (
+    (b"%PDF-", "a PDF document"),
+    (b"%!PS", "a PostScript document"),
+    (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"\x7fELF", "a Linux executable"),
+    (b"MZ", "a Windows executable"),
+)
+_OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
+_PIL_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def _plain(text: str, limit: int = 160) -> str:
+    """Pillow's message without object reprs or memory addresses, on one short line."""
+    text = _ADDRESS.sub("", _OBJECT_REPR.sub("the data", text))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _signature_format(data: bytes) -> str | None:
+    return next((name for magic, name in _IMAGE_SIGNATURES if data.startswith(magic)), None)
+
+
+def _not_an_image_reason(data: bytes) -> str:
+    """Why Pillow could not identify the bytes, from what they start with."""
+    fmt = _signature_format(data)
+    if fmt:  # the right magic number but nothing Pillow can parse after it
+        return f"truncated or corrupt {fmt}: its header cannot be read ({len(data)} bytes)"
+    for magic, what in _OTHER_SIGNATURES:
+        if data.startswith(magic):
+            return f"not an image: content is {what}"
+    head = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or (
+        head.startswith(b"<") and b"<html" in head
+    ):
+        return "not an image: content starts like HTML (a web page saved under an image name?)"
+    if head.startswith(b"<?xml") or head.startswith(b"<svg"):
+        if b"<svg" in head:
+            return "not an image: content is an SVG drawing, not a raster image"
+        return "not an image: content starts like XML"
+    try:
+        text = data[:512].decode("utf-8")
+    except UnicodeDecodeError as err:  # a character cut at byte 512 is still text
+        text = data[: err.start].decode("utf-8") if err.start > 500 else None
+    if text is not None and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return "not an image: content is plain text"
+    first = " ".join(f"{b:02x}" for b in data[:8])
+    return f"not a recognised image format (first bytes: {first})"
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header alone, without Pillow's decompression bomb check."""
+    for fmt in _FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        try:
+            accepted = accept(data[:16]) if accept else True
+            if accepted and not isinstance(accepted, str):
+                with factory(io.BytesIO(data), "") as image:
+                    return image.size
+        except Exception:  # any failure only means "dimensions unknown"
+            continue
+    return None
+
+
+def _bomb_reason(data: bytes, max_pixels: int, err: Exception) -> str:
+    size = _header_size(data)
+    if size:
+        pixels = size[0] * size[1]
+        limit = max_pixels if pixels > max_pixels else Image.MAX_IMAGE_PIXELS
+        return f"decompression bomb: {size[0]}x{size[1]} = {pixels} pixels > limit {limit}"
+    claimed = _PIL_BOMB_PIXELS.search(str(err))
+    if claimed:
+        return f"decompression bomb: {claimed[1]} pixels > limit {max_pixels} (dimensions unknown)"
+    return f"decompression bomb: header claims more than {Image.MAX_IMAGE_PIXELS} pixels"
+
+
+def _decode_failure_reason(err: Exception, fmt: str | None) -> str:
+    detail = _plain(str(err)) or type(err).__name__
+    what = fmt or "image"
+    if isinstance(err, EOFError) or "truncat" in detail.lower():
+        return f"truncated image: the {what} data ends early (decoder: {detail})"
+    return f"corrupt image: the {what} data cannot be decoded (decoder: {detail})"
+
+
 def load_image(
     data: bytes, min_side: int = DEFAULT_MIN_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> LoadedImage:
     """Validates encoded bytes fully (header, pixel data, size); returns what to store."""
     if not data:
         raise BadImageError("zero-byte file")
+    fmt = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
+            with Image.open(io.BytesIO(data), formats=_FORMATS) as probe:
                 width, height = probe.size
                 fmt = probe.format
                 if width * height > max_pixels:
@@ -61,7 +161,7 @@ def load_image(
                         f"> limit {max_pixels}"
                     )
                 probe.verify()
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=_FORMATS) as image:
                 image.load()  # decodes every pixel: truncated files fail here
                 mode = image.mode
                 bits = image.info.get("bits", 8)
@@ -69,9 +169,11 @@ def load_image(
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise BadImageError(f"decompression bomb: {err}") from None
+        raise BadImageError(_bomb_reason(data, max_pixels, err)) from None
+    except Image.UnidentifiedImageError:
+        raise BadImageError(_not_an_image_reason(data)) from None
     except Exception as err:  # PIL raises many types for broken files
-        raise BadImageError(f"unreadable or truncated image: {type(err).__name__}: {err}") from None
+        raise BadImageError(_decode_failure_reason(err, fmt or _signature_format(data))) from None
     if min(width, height) < min_side:
         raise BadImageError(f"too small: {width}x{height}, minimum side is {min_side}px")
     if rgb is None and bits == 8:

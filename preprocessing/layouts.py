@@ -40,6 +40,7 @@ class ImageRecord:
     patient_id: str
     magnification: int = 0
     subtype: str = ""
+    slide_id: str = ""  # the id as found; patient_id is the patient it belongs to
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,17 +55,66 @@ class LayoutError(ValueError):
     """The file cannot be read under the requested layout."""
 
 
+def _inside(path: str, root_real: str) -> bool:
+    return os.path.commonpath([path, root_real]) == root_real
+
+
+def scan_images(root: str) -> tuple[list[str], list[Reject]]:
+    """Image files under root (relative paths, sorted) and the entries that cannot be read.
+
+    Symlinks are followed only while they stay inside root: a link (file or folder) that
+    leads outside it, a broken link, a folder that cannot be listed and an image name that
+    is not a regular file (a FIFO would block the reader) each become a reject. Hidden
+    entries are skipped; a link back to a folder being walked (a loop) is skipped too, the
+    images in it are listed under their real path.
+    """
+    root_real = os.path.realpath(root)
+    found: list[str] = []
+    rejects: list[Reject] = []
+    stack = [(root, "", frozenset([root_real]))]
+    while stack:
+        directory, rel_dir, walking = stack.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as err:
+            if rel_dir:  # a missing root is the caller's "no images found"
+                rejects.append(Reject(rel_dir, f"folder cannot be read: {err.strerror or err}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            image_name = entry.name.lower().endswith(IMAGE_EXTENSIONS)
+            try:
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if not os.path.exists(entry.path):
+                        if image_name or not os.path.splitext(entry.name)[1]:
+                            rejects.append(Reject(rel, "broken symlink"))
+                        continue
+                    if not _inside(target, root_real):
+                        if image_name or entry.is_dir():
+                            reason = f"symlink points outside the input root: {target}"
+                            rejects.append(Reject(rel, reason))
+                        continue
+                if entry.is_dir():
+                    real = os.path.realpath(entry.path)
+                    if real not in walking:
+                        stack.append((entry.path, rel, walking | {real}))
+                elif image_name:
+                    if entry.is_file():
+                        found.append(rel)
+                    else:
+                        rejects.append(Reject(rel, "not a regular file"))
+            except OSError as err:
+                rejects.append(Reject(rel, f"cannot be read: {err.strerror or err}"))
+    return sorted(found), sorted(rejects, key=lambda r: r.source)
+
+
 def list_images(root: str) -> list[str]:
-    """All image files under root (relative paths, sorted for reproducible runs)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                found.append(
-                    os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
-                )
-    return sorted(found)
+    """All readable image files under root (relative paths, sorted for reproducible runs)."""
+    return scan_images(root)[0]
 
 
 def _stem(rel: str) -> str:
@@ -179,9 +229,9 @@ def discover(
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}: expected one of {LAYOUTS}")
     overrides = read_manifest(manifest, root) if manifest else {}
-    sources = list_images(root)
+    sources, unreadable = scan_images(root)
     records: list[ImageRecord] = []
-    rejects: list[Reject] = []
+    rejects: list[Reject] = list(unreadable)
     for rel in sources:
         try:
             info = parse_path(rel, layout)
@@ -192,7 +242,7 @@ def discover(
             info = {}
         info.update(overrides.get(rel, {}))
         records.append(ImageRecord(path=os.path.join(root, rel), source=rel, **info))
-    known = set(sources)
+    known = set(sources) | {r.source for r in unreadable}
     rejects.extend(
         Reject(rel, "listed in the manifest but not found") for rel in overrides if rel not in known
     )

@@ -1,8 +1,14 @@
-"""Patient-disjoint split assignment by a stable hash of the patient id.
+"""Patient-disjoint, class-stratified, stable split assignment.
 
-The hash depends on the patient id alone (and a salt), so a patient keeps its split from
-one span to the next as new patients arrive: a model is never tested on a patient that an
-earlier model of the same salt trained on.
+- Patient-disjoint: a patient (see ``preprocessing.patients``) is the unit that is assigned.
+- Stratified: patients are placed class by class (a patient's class is the label of most
+  of its images), each where that class's images are furthest below the split's target
+  share; then a split left without the class (train first, then test, then eval) gets the
+  smallest patient of a split that holds several, so each split receives both classes
+  whenever the data allows it.
+- Stable: assignments already published with an earlier span are kept as they are, so a
+  patient never changes split when new patients arrive; only new patients are placed.
+The order within a class is a hash of salt + patient id: the salt draws another split.
 """
 
 import hashlib
@@ -11,10 +17,17 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from modules import features
 
+# Which split gets a class's first patients: training needs the class, then the split the
+# Evaluator judges on, then the early-stopping split.
+_FILL_ORDER = (features.TRAIN_SPLIT, features.TEST_SPLIT, features.EVAL_SPLIT)
+
 
 def parse_ratios(text: str) -> tuple[float, ...]:
     """ "0.7,0.15,0.15" -> normalised ratios for train, eval, test."""
-    values = tuple(float(v) for v in text.split(","))
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
     if len(values) != len(features.SPLITS) or any(v < 0 for v in values) or sum(values) <= 0:
         raise ValueError(
             f"split ratios {text!r}: need {len(features.SPLITS)} non-negative numbers "
@@ -30,14 +43,63 @@ def patient_bucket(patient_id: str, salt: str = "") -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_for_patient(patient_id: str, ratios: Sequence[float], salt: str = "") -> str:
-    bucket = patient_bucket(patient_id, salt)
-    cumulative = 0.0
-    for split, ratio in zip(features.SPLITS, ratios, strict=True):
-        cumulative += ratio
-        if bucket < cumulative:
-            return split
-    return features.SPLITS[-1]
+def patient_classes(rows: Iterable[tuple[str, int]]) -> dict[str, Counter]:
+    """{patient: Counter(label -> images)} from (patient, label) rows."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for patient, label in rows:
+        counts[patient][label] += 1
+    return dict(counts)
+
+
+def _majority(counts: Counter) -> int:
+    return max(counts, key=lambda label: (counts[label], label))
+
+
+def assign_splits(
+    patients: Mapping[str, Counter],
+    ratios: Sequence[float],
+    previous: Mapping[str, str] | None = None,
+    salt: str = "",
+) -> dict[str, str]:
+    """{patient: split} for every patient; ``previous`` assignments are never changed."""
+    previous = dict(previous or {})
+    target = dict(zip(features.SPLITS, ratios, strict=True))
+    open_splits = [s for s in _FILL_ORDER if target[s] > 0]
+    assignment = {p: previous[p] for p in patients if p in previous}
+    for label in sorted({_majority(c) for c in patients.values()}):
+        of_class = [p for p, c in patients.items() if _majority(c) == label]
+        images = {p: sum(patients[p].values()) for p in of_class}
+        total = sum(images.values())
+        held: Counter = Counter()
+        for patient in of_class:
+            if patient in assignment:
+                held[assignment[patient]] += images[patient]
+        new = sorted(
+            (p for p in of_class if p not in assignment), key=lambda p: (patient_bucket(p, salt), p)
+        )
+        placed: dict[str, list[str]] = defaultdict(list)
+        for patient in new:  # where the class is furthest below its share
+            split = max(
+                open_splits,
+                key=lambda s: (target[s] * total - held[s], -open_splits.index(s)),
+            )
+            placed[split].append(patient)
+            held[split] += images[patient]
+        for split in open_splits:  # a split without the class gets the smallest spare one
+            if held[split]:
+                continue
+            donors = [s for s in open_splits if len(placed[s]) > 1]
+            if not donors:
+                break
+            donor = max(donors, key=lambda s: (len(placed[s]), -open_splits.index(s)))
+            patient = min(placed[donor], key=lambda p: (images[p], p))
+            placed[donor].remove(patient)
+            placed[split].append(patient)
+            held[donor] -= images[patient]
+            held[split] += images[patient]
+        for split, members in placed.items():
+            assignment.update(dict.fromkeys(members, split))
+    return assignment
 
 
 def summarize(rows: Iterable[tuple[str, str, int]]) -> dict[str, dict]:
@@ -67,6 +129,7 @@ def class_warnings(summary: Mapping[str, dict]) -> list[str]:
         if missing:
             warnings.append(
                 f"split '{split}' has no {' and no '.join(missing)} images "
-                f"({info['patients']} patients): adjust --split-ratios/--split-salt or add patients"
+                f"({info['patients']} patients): too few patients of that class for "
+                "every split; add patients or change --split-ratios"
             )
     return warnings

@@ -134,7 +134,9 @@ def test_cli_on_real_breakhis_crops_with_default_multiprocess_runner(breakhis_cr
     assert result.returncode == 0, result.stderr[-3000:]
     assert "span 1: 78 images written, 0 rejected of 78" in result.stdout
     summary = json.load(open(os.path.join(out, "span-1", "summary.json")))
-    assert sum(s["patients"] for s in summary["splits"].values()) == 13
+    # 13 slide ids of 12 patients (BreakHis slides of one patient share the numeric part).
+    assert sum(s["patients"] for s in summary["splits"].values()) == 12
+    assert summary["warnings"] == []  # stratified: every split holds both classes
     seen = {}
     for split in features.SPLITS:
         for example in read_split(os.path.join(out, "span-1"), split):
@@ -170,3 +172,56 @@ def test_cli_fails_clearly_on_a_missing_folder(tmp_path):
     )
     assert result.returncode == 1
     assert "no valid images left (0 rejected of 0 found)" in result.stderr
+
+
+def breakhis_name(cls: str, slide: str, seq: int) -> str:
+    return f"{'malignant' if cls == 'M' else 'benign'}/SOB_{cls}_DC-{slide}-100-{seq:03d}.png"
+
+
+def test_slides_of_one_patient_share_a_split_and_keep_their_slide_id(tmp_path):
+    root, out = str(tmp_path / "images"), str(tmp_path / "data")
+    slides = [("B", f"14-{n}{s}") for n in (100, 101, 102) for s in ("AB", "CD")]
+    slides += [("M", f"15-{n}{s}") for n in (200, 201, 202, 203) for s in ("AB", "EF")]
+    for i, (cls, slide) in enumerate(slides):
+        for k in range(2):
+            write(os.path.join(root, breakhis_name(cls, slide, k)), png_bytes(seed=i * 7 + k))
+    summary = run(root, out)
+    assert summary["patient_rule"] == "breakhis" and summary["warnings"] == []
+    split_of, slides_seen = {}, set()
+    for split in features.SPLITS:
+        for example in read_split(os.path.join(out, "span-1"), split):
+            patient = feature(example, features.PATIENT_ID_KEY).decode()
+            slide = feature(example, features.SLIDE_ID_KEY).decode()
+            assert slide.startswith(patient) and slide != patient
+            assert split_of.setdefault(patient, split) == split, patient
+            slides_seen.add(slide)
+    assert len(split_of) == 7 and len(slides_seen) == 14
+
+
+def test_a_patient_keeps_its_split_when_new_patients_arrive(tmp_path):
+    root, out = str(tmp_path / "images"), str(tmp_path / "data")
+    make_tree(root, patients=8)
+    run(root, out)
+    with open(os.path.join(out, "span-1", "split_assignments.json")) as f:
+        first = json.load(f)
+    for p in range(8, 30):  # many more patients than the first span held
+        cls = "malignant" if p % 2 else "benign"
+        write(os.path.join(root, cls, f"p{p}", "0.png"), png_bytes(seed=p * 10))
+    summary = run(root, out)
+    with open(os.path.join(out, "span-2", "split_assignments.json")) as f:
+        second = json.load(f)
+    assert {p: second[p] for p in first} == first
+    assert summary["patients_kept_from_earlier_spans"] == 8 and len(second) == 30
+
+
+def test_spans_that_disagree_on_a_patient_are_an_error(tmp_path):
+    root, out = str(tmp_path / "images"), str(tmp_path / "data")
+    make_tree(root, patients=6)
+    run(root, out)
+    path = os.path.join(out, "span-1", "split_assignments.json")
+    assignments = json.load(open(path))
+    os.makedirs(os.path.join(out, "span-2"))
+    moved = {p: ("test" if s != "test" else "train") for p, s in assignments.items()}
+    json.dump(moved, open(os.path.join(out, "span-2", "split_assignments.json"), "w"))
+    with pytest.raises(PreprocessingError, match=r"patient p\d is in '\w+' here but in"):
+        run(root, out)

@@ -25,7 +25,13 @@ SETTINGS_ENV = {
     "HISTO_TRAINER_CPU_REQUEST": "8",
     "HISTO_TRAINER_MEMORY_REQUEST": "30G",
 }
-COMPONENTS = ALL_NODES - {"latest_blessed_model_resolver"}  # the resolver compiles to 2 tasks
+# The resolver compiles to 2 tasks; the drift gate and its baseline lookup are local and
+# KFP v1 only (KFP v2 compiles TFX's built-in resolver strategies alone).
+COMPONENTS = ALL_NODES - {
+    "latest_blessed_model_resolver",
+    "baseline_statistics_resolver",
+    "DriftGate",
+}
 ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
 RESOLVER_TASKS = {
     "latest_blessed_model_resolver-model-blessing-resolver",
@@ -78,7 +84,7 @@ def test_every_component_is_a_task_with_its_dependencies(spec):
     assert set(tasks) == COMPONENTS | RESOLVER_TASKS
     assert set(tasks["Transform"].dependent_tasks) == {
         "ImportExampleGen",
-        "SchemaGen",
+        "ImportSchemaGen",
         "PatientLeakageGate",
         "AnomaliesGate",
     }
