@@ -4,7 +4,8 @@
 
 Paths come from flags (or HISTO_DATA_ROOT / HISTO_OUTPUT_DIR); every other setting from
 ``pipeline/configs.py``. Ends by printing the evaluation metrics, the blessing and where
-the model was pushed.
+the model was pushed; a run stopped by a data gate (leakage, schema, drift) says which gate
+and why, and exits with status 2, leaving the serving model as it was.
 """
 
 import argparse
@@ -14,6 +15,7 @@ import os
 from absl import logging as absl_logging
 from tfx import v1 as tfx
 
+from components.gate_error import DataGateError
 from pipeline import configs, pipeline, run_summary
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -61,10 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # worker chatter
     output_dir = os.path.abspath(args.output_dir)
-    tfx.orchestration.LocalDagRunner().run(build(args.data_root, output_dir))
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
         metadata_path(output_dir)
     )
+    try:
+        tfx.orchestration.LocalDagRunner().run(build(args.data_root, output_dir))
+    except DataGateError as stopped:
+        print(run_summary.format_stopped(str(stopped), run_summary.summarize(connection)))
+        return 2
     print(run_summary.format_summary(run_summary.summarize(connection)))
     return 0
 

@@ -16,6 +16,8 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.types.artifact import Artifact
 
+from components.gate_error import DataGateError
+
 REPORT_FILE = "anomalies_summary.json"
 
 
@@ -48,7 +50,7 @@ def check_anomalies(anomalies: Artifact) -> None:
     found = anomalies_by_split(anomalies)
     if found:
         detail = " | ".join(f"{split}: {'; '.join(items)}" for split, items in found.items())
-        raise RuntimeError(f"Data anomalies against the schema, run stopped: {detail}")
+        raise DataGateError(f"Data anomalies against the schema, run stopped: {detail}")
 
 
 @component

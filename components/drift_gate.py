@@ -25,6 +25,8 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.types.artifact import Artifact
 
+from components.gate_error import DataGateError
+
 REPORT_FILE = "drift.json"
 JSD = "jensen_shannon_divergence"
 LINF = "infinity_norm"
@@ -77,7 +79,7 @@ def measure_drift(
             drifts.append(Drift(name, measure, measurement.value, thresholds[name][measure]))
     missing = set(thresholds) - {d.feature for d in drifts}
     if missing:
-        raise RuntimeError(
+        raise DataGateError(
             f"Drift could not be measured for {sorted(missing)}: the statistics lack them"
         )
     return sorted(drifts, key=lambda d: d.feature)
@@ -108,7 +110,7 @@ def check_drift(
         detail = "; ".join(
             f"{d.feature}: {d.measure} {d.distance:.3f} > {d.threshold:g}" for d in blocking
         )
-        raise RuntimeError(
+        raise DataGateError(
             f"Data drift in split '{split}' against the data behind the last blessed model "
             f"({baseline.uri}), run stopped before Transform: {detail}. If the shift is "
             "intended, accept it with HISTO_ACCEPT_DRIFT="

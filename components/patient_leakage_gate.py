@@ -16,6 +16,7 @@ from tfx.dsl.io import fileio
 from tfx.types.artifact import Artifact
 
 from components.example_io import iter_bytes_feature, split_files
+from components.gate_error import DataGateError
 from modules import features
 from preprocessing import patients
 
@@ -53,7 +54,7 @@ def check_leakage(patients_by_split: dict[str, set[str]]) -> None:
     leaks = find_leaking_patients(patients_by_split)
     if leaks:
         detail = "; ".join(f"{p} in {', '.join(s)}" for p, s in leaks.items())
-        raise RuntimeError(
+        raise DataGateError(
             f"Patient leakage: {len(leaks)} patient(s) appear in more than one split "
             f"({detail}). Splits must be patient-disjoint: re-run preprocessing or fix the "
             "manifest."

@@ -63,8 +63,9 @@ SCHEMA_FILE = _env(
 )
 # Drift gate: the new span's train split against the train split behind the last blessed
 # model. Jensen-Shannon divergence for numeric features, L-infinity for the format.
-# Measured on the demo data (benchmarks/README: drift figures): same patients plus new
-# ones <= 0.011, other BreakHis patients <= 0.03, a stain + blur shift 0.16-1.0.
+# Measured (README, "Data gates"): demo span plus new patients <= 0.011; train splits of two
+# patient draws of the shared BreakHis sets <= 0.03; demo tiles with denser stain and a blur
+# 0.16-1.0.
 DRIFT_SPLIT = features.TRAIN_SPLIT
 DRIFT_MAX_JSD = _env_float("HISTO_DRIFT_MAX_JSD", 0.1)
 DRIFT_MAX_FORMAT_LINF = _env_float("HISTO_DRIFT_MAX_FORMAT_LINF", 0.2)

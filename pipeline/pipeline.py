@@ -181,6 +181,8 @@ def create_pipeline(
             accepted=accept_drift,
             split=features.TRAIN_SPLIT,
         )
+        # Drift is measured on data that matches the schema: the schema gate speaks first.
+        drift.add_upstream_node(anomalies_gate)
         components.append(drift)
         gates.append(drift)
 

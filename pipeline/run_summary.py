@@ -5,11 +5,13 @@ is right for a cached rerun too.
 """
 
 import json
+import os
 from typing import Any
 
 import ml_metadata as mlmd
 import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
+from tfx.dsl.io import fileio
 
 from modules import features
 
@@ -62,20 +64,52 @@ def summarize(connection_config: metadata_store_pb2.ConnectionConfig) -> dict[st
     if pushed is not None:
         summary["pushed"] = bool(_prop(pushed, "pushed"))
         summary["pushed_to"] = _prop(pushed, "pushed_destination")
+    pushes = [a for a in store.get_artifacts_by_type("PushedModel") if _prop(a, "pushed")]
+    if pushes:
+        summary["serving"] = _prop(max(pushes, key=lambda a: a.id), "pushed_destination")
     report = _latest(store, "histopath.EvaluationReport")
     if report is not None:
         summary["report"] = _prop(report, "html")
     gallery = _latest(store, "histopath.GradCamGallery")
     if gallery is not None:
         summary["grad_cam_gallery"] = f"{gallery.uri}/index.html"
+    drift = _latest(store, "histopath.DriftReport")
+    if drift is not None:
+        with fileio.open(os.path.join(drift.uri, "drift.json")) as f:
+            summary["drift"] = json.loads(f.read())
     summary["positive_class"] = features.LABEL_NAMES[features.POSITIVE_LABEL]
     return summary
+
+
+def _drift_lines(drift: dict[str, Any] | None) -> list[str]:
+    if not drift:
+        return []
+    if not drift.get("baseline"):
+        return [f"drift: {drift.get('note', 'no baseline')}"]
+    worst = max(drift["features"], key=lambda d: d["distance"] / d["threshold"], default=None)
+    if worst is None:
+        return []
+    return [
+        f"drift vs the data behind the last blessed model: largest {worst['feature']} "
+        f"{worst['measure']} {worst['distance']:.3f} (threshold {worst['threshold']:g})"
+    ]
+
+
+def format_stopped(reason: str, summary: dict[str, Any]) -> str:
+    """What a person reads when a data gate stopped the run: why, and what still serves."""
+    lines = ["", "=== run stopped by a data gate ===", reason]
+    if summary.get("serving"):
+        lines.append(f"serving model unchanged: {summary['serving']}")
+    else:
+        lines.append("no model has been pushed yet")
+    return "\n".join(lines)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     lines = ["", "=== run summary ==="]
     for name, value in sorted(summary.get("metrics", {}).items()):
         lines.append(f"  {name:<24} {value}")
+    lines.extend(_drift_lines(summary.get("drift")))
     lines.append(f"blessed: {summary.get('blessed')}")
     for check in summary.get("failed_checks", []):
         lines.append(f"  failed check: {check}")

@@ -133,3 +133,38 @@ def cli_env(home: str, **extra: str) -> dict:
     env.update(HOME=home, PATH=BIN + os.pathsep + env.get("PATH", ""), PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
+
+
+# --- Spans that a gate must stop ---
+
+
+def shift_stain_and_focus(src: str, dst: str, od_gain: float = 1.6, blur: float = 2.0) -> None:
+    """Copies an image tree as another lab and scanner would see it: denser stain, blurred."""
+    from PIL import ImageFilter
+
+    for folder, _, names in os.walk(src):
+        for name in names:
+            out = os.path.join(dst, os.path.relpath(os.path.join(folder, name), src))
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            rgb = np.asarray(Image.open(os.path.join(folder, name)).convert("RGB"), np.float64)
+            od = -np.log(np.maximum(rgb, 1.0) / 255.0) * od_gain
+            shifted = np.clip(255.0 * np.exp(-od), 0, 255).astype(np.uint8)
+            Image.fromarray(shifted).filter(ImageFilter.GaussianBlur(blur)).save(out)
+
+
+def rewrite_span(src_span: str, dst_span: str, edit) -> None:
+    """Every split of a span written again after ``edit(example)``: another tool's output."""
+    import tensorflow as tf
+
+    for split in sorted(os.listdir(src_span)):
+        files = tf.io.gfile.glob(os.path.join(src_span, split, "*.tfrecord.gz"))
+        if not files:
+            continue
+        os.makedirs(os.path.join(dst_span, split))
+        options = tf.io.TFRecordOptions(compression_type="GZIP")
+        path = os.path.join(dst_span, split, "other-tool.tfrecord.gz")
+        with tf.io.TFRecordWriter(path, options) as writer:
+            for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+                example = tf.train.Example.FromString(record.numpy())
+                edit(example)
+                writer.write(example.SerializeToString())

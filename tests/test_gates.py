@@ -269,3 +269,13 @@ def test_baseline_is_the_statistics_of_the_data_behind_the_latest_blessed_model(
         store, {"model": [created["model2"]], "model_blessing": [], "statistics": statistics}
     )
     assert before_any_blessing == {"model": [], "model_blessing": [], "statistics": []}
+
+
+def test_the_checked_in_schema_is_what_the_documented_command_regenerates(tmp_path):
+    from pipeline.schema import curate
+
+    stats_file = tmp_path / "FeatureStats.pb"
+    stats_file.write_bytes(tfdv.generate_statistics_from_dataframe(rows(60)).SerializeToString())
+    output = tmp_path / "schema.pbtxt"
+    assert curate.main(["--statistics", str(stats_file), "--output", str(output)]) == 0
+    assert tfdv.load_schema_text(str(output)) == SCHEMA

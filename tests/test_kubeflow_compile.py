@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from histo_testlib import BIN, cli_env
-from pipeline import kubeflow_settings
+from pipeline import configs, kubeflow_settings
 from pipeline.kubeflow_settings import SettingsError, Toleration
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +61,7 @@ EXPECTED_STEPS = {
     "baseline-statistics-resolver": ("baseline_statistics_resolver", set()),
     "driftgate": (
         "DriftGate",
-        {"statisticsgen", "importschemagen", "baseline-statistics-resolver"},
+        {"statisticsgen", "importschemagen", "baseline-statistics-resolver", "anomaliesgate"},
     ),
     "latest-blessed-model-resolver": ("latest_blessed_model_resolver", set()),
     "evaluator": ("Evaluator", {"importexamplegen", "trainer", "latest-blessed-model-resolver"}),
@@ -205,6 +205,17 @@ def test_transform_and_trainer_name_their_functions_by_module_path(compiled):
     # No user-module wheel was packaged (that needs a local pipeline root at compile time).
     assert "_wheels" not in json.dumps(compiled["workflow"])
     assert json.loads(trainer["custom_config"])["image_size"] > 0
+
+
+def test_gates_read_the_curated_schema_in_the_image_and_configs_thresholds(compiled):
+    steps = step_templates(compiled["workflow"])
+    schema = node_parameters(steps["importschemagen"])["schema_file"]
+    assert schema == kubeflow_settings.IMAGE_SCHEMA_FILE
+    # The Dockerfile copies the repository to /pipeline: the file is there in the image.
+    assert os.path.isfile(os.path.join(REPO, os.path.relpath(schema, "/pipeline")))
+    drift = node_parameters(steps["driftgate"])
+    assert json.loads(drift["thresholds"]) == json.loads(configs.drift_thresholds())
+    assert node_parameters(steps["patientleakagegate"])["patient_rule"] == configs.PATIENT_RULE
 
 
 def test_paths_metadata_and_ui_output(compiled):

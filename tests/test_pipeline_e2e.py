@@ -73,18 +73,20 @@ def test_pushed_model_predicts_raw_images_through_its_signatures(first_run, demo
 
 
 def test_identical_rerun_is_served_from_the_cache(first_run, demo_data):
-    after_evaluator = {"Evaluator", "EvalReport", "Pusher", "TFLitePusher"}
-    expensive = ALL_NODES - {"latest_blessed_model_resolver"} - after_evaluator
+    resolvers = {"latest_blessed_model_resolver", "baseline_statistics_resolver"}
+    # The model just pushed is now a baseline: a new input of the Evaluator (and of what
+    # follows it) and of the drift gate (the statistics behind that model).
+    with_new_baseline = {"DriftGate", "Evaluator", "EvalReport", "Pusher", "TFLitePusher"}
     run_pipeline(demo_data, first_run["output"])
     states = node_states(local_runner.metadata_path(first_run["output"]))
-    assert all(states[node][-1] == "CACHED" for node in expensive), states
-    # The first rerun has a baseline (the model just pushed), a new Evaluator input; the
-    # identical model is recognised and not pushed as a second version.
+    assert all(states[n][-1] == "CACHED" for n in ALL_NODES - resolvers - with_new_baseline)
+    assert states["Transform"] == ["COMPLETE", "CACHED"], states
+    # The identical model is recognised and not pushed as a second version.
     assert len(pushed_versions(first_run["output"])) == 1
     run_pipeline(demo_data, first_run["output"])
     states = node_states(local_runner.metadata_path(first_run["output"]))
     cached = {node for node, s in states.items() if s[-1] == "CACHED"}
-    assert ALL_NODES - {"latest_blessed_model_resolver"} <= cached, states
+    assert ALL_NODES - resolvers <= cached, states
     assert len(pushed_versions(first_run["output"])) == 1
 
 

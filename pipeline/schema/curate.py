@@ -73,6 +73,9 @@ def curate(schema: schema_pb2.Schema) -> schema_pb2.Schema:
             feature.string_domain.value.extend(SOURCE_FORMATS)
         elif feature.name in _FREE_TEXT or feature.name == features.IMAGE_KEY:
             pass  # no domain: ids and paths grow with the data, images are bytes
+    ordered = sorted(curated.feature, key=lambda f: f.name)  # one file, whatever the source
+    del curated.feature[:]
+    curated.feature.extend(ordered)
     return curated
 
 
