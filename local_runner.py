@@ -9,6 +9,7 @@ and why, and exits with status 2, leaving the serving model as it was.
 """
 
 import argparse
+import importlib.util
 import logging
 import os
 
@@ -18,12 +19,13 @@ from tfx import v1 as tfx
 from components.gate_error import DataGateError
 from pipeline import configs, pipeline, run_summary
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
 
 def module_file(dotted: str) -> str:
     """configs' dotted module path -> the file TFX packs into its user-code wheel."""
-    return os.path.join(HERE, *dotted.split(".")) + ".py"
+    spec = importlib.util.find_spec(dotted)
+    if spec is None or not spec.origin:
+        raise ValueError(f"module {dotted!r} not found on the Python path")
+    return spec.origin
 
 
 def build(data_root: str, output_dir: str, **overrides) -> tfx.dsl.Pipeline:

@@ -43,7 +43,11 @@ from modules.trainer.model import unfreeze_top
 from modules.transform.transform_module import preprocessing_fn
 from preprocessing import layouts
 
-FAST_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+FAST_BEAM_ARGS = [
+    "--runner=preprocessing.beam_runner.FnApiDirectRunner",
+    "--direct_running_mode=in_memory",
+    "--direct_num_workers=1",
+]
 
 
 def make_demo_images(root: str, images_per_patient: int) -> str:

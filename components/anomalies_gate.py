@@ -16,6 +16,7 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.types.artifact import Artifact
 
+from components import kfp_ui
 from components.gate_error import DataGateError
 
 REPORT_FILE = "anomalies_summary.json"
@@ -59,6 +60,18 @@ def AnomaliesGate(
     check: OutputArtifact[AnomaliesCheck],
 ) -> None:
     """Raises, listing every anomaly per split, when ExampleValidator reported any."""
-    check_anomalies(anomalies)
+    try:
+        check_anomalies(anomalies)
+    except DataGateError as stopped:
+        kfp_ui.emit([kfp_ui.markdown(f"## AnomaliesGate: run stopped\n\n{stopped}")])
+        raise
+    splits = ", ".join(artifact_utils.decode_split_names(anomalies.split_names))
+    kfp_ui.emit(
+        [
+            kfp_ui.markdown(
+                f"## AnomaliesGate passed\n\nNo anomalies against the schema in {splits}."
+            )
+        ]
+    )
     with fileio.open(os.path.join(check.uri, REPORT_FILE), "w") as f:
         f.write(json.dumps({"anomalies": {}}, indent=2))

@@ -25,6 +25,7 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.types.artifact import Artifact
 
+from components import kfp_ui
 from components.gate_error import DataGateError
 
 REPORT_FILE = "drift.json"
@@ -124,6 +125,27 @@ def check_drift(
     }
 
 
+def ui_summary(result: dict) -> str:
+    """The passed gate's markdown: the distances it measured, or why there were none."""
+    if not result.get("baseline"):
+        return f"## DriftGate passed\n\n{result['note']}."
+    rows = [
+        (
+            d["feature"],
+            d["measure"],
+            f"{d['distance']:.4f}",
+            d["threshold"],
+            "accepted" if d["accepted"] else "",
+        )
+        for d in result["features"]
+    ]
+    header = ("feature", "measure", "distance", "threshold", "")
+    return (
+        f"## DriftGate passed\n\nSplit `{result['split']}` against the data behind the last "
+        f"blessed model (`{result['baseline']}`).\n\n{kfp_ui.table(rows, header)}"
+    )
+
+
 def parse_accepted(text: str) -> set[str]:
     return {name.strip() for name in text.split(",") if name.strip()}
 
@@ -140,13 +162,18 @@ def DriftGate(
 ) -> None:
     """Raises when a thresholded feature drifted beyond its threshold and is not accepted."""
     schema_proto = tfdv.load_schema_text(os.path.join(schema.uri, "schema.pbtxt"))
-    result = check_drift(
-        statistics,
-        baseline_statistics,
-        schema_proto,
-        json.loads(thresholds),
-        parse_accepted(accepted),
-        split,
-    )
+    try:
+        result = check_drift(
+            statistics,
+            baseline_statistics,
+            schema_proto,
+            json.loads(thresholds),
+            parse_accepted(accepted),
+            split,
+        )
+    except DataGateError as stopped:
+        kfp_ui.emit([kfp_ui.markdown(f"## DriftGate: run stopped\n\n{stopped}")])
+        raise
+    kfp_ui.emit([kfp_ui.markdown(ui_summary(result))])
     with fileio.open(os.path.join(report.uri, REPORT_FILE), "w") as f:
         f.write(json.dumps(result, indent=2))

@@ -15,6 +15,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.io import fileio
 from tfx.types.artifact import Artifact
 
+from components import kfp_ui
 from components.example_io import iter_bytes_feature, split_files
 from components.gate_error import DataGateError
 from modules import features
@@ -69,7 +70,20 @@ def PatientLeakageGate(
 ) -> None:
     """Reads patient ids per split; raises with the offending ids if any split shares one."""
     found = patients_by_split(examples, patient_rule)
-    check_leakage(found)
+    try:
+        check_leakage(found)
+    except DataGateError as stopped:
+        kfp_ui.emit([kfp_ui.markdown(f"## PatientLeakageGate: run stopped\n\n{stopped}")])
+        raise
+    counts = kfp_ui.table([(s, len(p)) for s, p in found.items()], ("split", "patients"))
+    kfp_ui.emit(
+        [
+            kfp_ui.markdown(
+                f"## PatientLeakageGate passed\n\nNo patient (rule `{patient_rule}`) in two "
+                f"splits.\n\n{counts}"
+            )
+        ]
+    )
     summary = {split: sorted(p) for split, p in found.items()}
     with fileio.open(os.path.join(report.uri, REPORT_FILE), "w") as f:
         f.write(json.dumps(summary, indent=2))

@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from modules import features
-from preprocessing import patients
+from preprocessing import beam_runner, patients
 
 
 def _env(name: str, default: str) -> str:
@@ -29,7 +29,8 @@ PIPELINE_NAME = _env("HISTO_PIPELINE_NAME", "histopath-classifier")
 # Module files for Transform and Trainer. Locally they are passed as files (TFX builds a
 # user-code wheel); on Kubeflow as dotted module paths baked into the container image.
 TRANSFORM_MODULE = "modules.transform.transform_module"
-TRAINER_MODULE = "modules.trainer.trainer_module"
+# HISTO_TRAINER_MODULE swaps the Trainer's module (dotted, importable in the image).
+TRAINER_MODULE = _env("HISTO_TRAINER_MODULE", "modules.trainer.trainer_module")
 TUNER_MODULE = "modules.tuner.tuner_module"
 
 # Image size used by Transform (decode + resize) and by the Trainer's model input.
@@ -87,8 +88,10 @@ MIN_AUC = _env_float("HISTO_MIN_AUC", 0.6)
 MAX_AUC_DROP = _env_float("HISTO_MAX_AUC_DROP", 0.0)  # candidate AUC >= baseline AUC - this
 
 # Beam options for the Beam-powered components (ExampleGen, StatisticsGen, Transform, Evaluator).
-# On 2 cores the DirectRunner in multi-processing mode uses both.
+# The DirectRunner's batch engine named explicitly (preprocessing/beam_runner.py: no Prism
+# download attempt), multi-processing on every core.
 LOCAL_BEAM_PIPELINE_ARGS: list[str] = [
+    beam_runner.RUNNER_ARG,
     "--direct_running_mode=multi_processing",
     "--direct_num_workers=0",
 ]

@@ -17,7 +17,8 @@ HISTO_SCHEMA_FILE               /pipeline/pipeline/schema/schema.pbtxt: the cura
                                 inside the image (or a gs:// copy of your own)
 HISTO_ALLOW_LOCAL_PATHS         0; pods cannot see this machine's disk, so local paths are
                                 refused unless set to 1 (e.g. a volume mounted in every pod)
-HISTO_BEAM_RUNNER               direct | dataflow | portable (Flink/Spark job server)
+HISTO_BEAM_RUNNER               direct (Beam's FnApiRunner, named explicitly) | dataflow |
+                                portable (Flink/Spark job server)
 HISTO_BEAM_DIRECT_WORKERS       direct: worker processes; default = the step's CPU request
 HISTO_GCP_PROJECT/_REGION       dataflow: required
 HISTO_DATAFLOW_TEMP             dataflow: $HISTO_BUCKET/tmp
@@ -43,8 +44,8 @@ HISTO_KFP_OUTPUT_DIR            current directory; where the compiled package is
 HISTO_VERTEX_ACCELERATOR        NVIDIA_TESLA_T4 (Vertex accelerator enum for the Trainer)
 ==============================  ==========================================================
 
-Only the standard library and ``pipeline.configs`` are imported, so this module loads
-without TensorFlow and its parsing is unit-tested directly.
+Only the standard library, ``pipeline.configs`` and the Beam runner's name are imported, so
+this module loads without TensorFlow and its parsing is unit-tested directly.
 """
 
 import dataclasses
@@ -56,6 +57,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline import configs
+from preprocessing import beam_runner
 
 DEFAULT_IMAGE = "histopath-tfx:latest"
 DEFAULT_BUCKET = "gs://histopath-tfx"
@@ -191,7 +193,11 @@ def beam_pipeline_args(env: Mapping[str, str], bucket: str, image: str, cpu: str
     runner = _get(env, "HISTO_BEAM_RUNNER", "direct").lower()
     if runner == "direct":
         workers = _get(env, "HISTO_BEAM_DIRECT_WORKERS", str(max(1, math.floor(cpu_cores(cpu)))))
-        args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+        args = [
+            beam_runner.RUNNER_ARG,  # no silent switch to Prism where downloads work
+            "--direct_running_mode=multi_processing",
+            f"--direct_num_workers={workers}",
+        ]
     elif runner == "dataflow":
         project, region = env.get("HISTO_GCP_PROJECT"), env.get("HISTO_GCP_REGION")
         if not project or not region:

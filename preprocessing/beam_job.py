@@ -27,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from modules import features
-from preprocessing import image_content, patients, splits
+from preprocessing import beam_runner, image_content, patients, splits
 from preprocessing.examples import to_example
 from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, BadImageError, load_image
 from preprocessing.layouts import ImageRecord, Reject
@@ -98,12 +98,12 @@ def next_span(output_root: str) -> int:
 
 
 def default_beam_args(beam_args: Sequence[str]) -> list[str]:
-    """Both cores on the DirectRunner unless the caller chose a runner or worker count."""
+    """The local engine on all cores unless the caller chose a runner or worker count."""
     args = list(beam_args)
-    if not any(a.startswith("--runner") for a in args) and not any(
-        a.startswith("--direct_num_workers") for a in args
-    ):
-        args += ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+    if not any(a.startswith("--runner") for a in args):
+        if not any(a.startswith("--direct_num_workers") for a in args):
+            args += ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+        args.append(beam_runner.RUNNER_ARG)
     return args
 
 

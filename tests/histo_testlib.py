@@ -11,7 +11,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BREAKHIS_CROPS = os.path.join(REPO, "..", "shared", "data", "breakhis-crops")
 
 # In-process Beam for tests that only check behaviour; the CLI tests use the real default.
-FAST_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+FAST_BEAM_ARGS = [
+    "--runner=preprocessing.beam_runner.FnApiDirectRunner",
+    "--direct_running_mode=in_memory",
+    "--direct_num_workers=1",
+]
 
 
 def png_bytes(mode: str = "RGB", size=(64, 64), fmt: str = "PNG", seed: int = 0) -> bytes:

@@ -251,6 +251,7 @@ def test_settings_defaults_are_documented_values():
     assert settings.data_root == kubeflow_settings.DEFAULT_BUCKET + "/data"
     assert settings.serving_model_dir == settings.pipeline_root + "/serving_model"
     assert settings.beam_pipeline_args == [
+        "--runner=preprocessing.beam_runner.FnApiDirectRunner",
         "--direct_running_mode=multi_processing",
         "--direct_num_workers=1",
     ]

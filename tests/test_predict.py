@@ -1,25 +1,25 @@
 """serving.predict on real crops and bad files, its REST body against the exported signature
 (locally and through a stand-in TF Serving), and the Kubernetes manifests."""
 
+import base64
 import glob
 import io
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from google.protobuf import json_format
 from PIL import Image
-from tensorflow.python.saved_model import loader_impl
 
 import local_runner
 from histo_testlib import REPO
 from modules import features
 from serving import images, predict, rest
+from tf_serving_standin import TFServingStandIn
 
 MODEL_NAME = local_runner.configs.PIPELINE_NAME
 
@@ -127,75 +127,75 @@ def test_prepare_converts_sixteen_bit_grey_and_keeps_rgb_png_untouched(tmp_path,
         assert images.prepare(crops[0]).data == f.read()
 
 
-class _FakeServing(BaseHTTPRequestHandler):
-    """Stand-in for TF Serving's REST API, answering from the real SavedModel."""
-
-    loaded = None
-    metadata: dict = {}
-
-    def _send(self, code: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        base = f"/v1/models/{MODEL_NAME}"
-        if self.path == base:
-            self._send(200, {"model_version_status": [{"state": "AVAILABLE"}]})
-        elif self.path == base + "/metadata":
-            self._send(200, self.metadata)
-        else:
-            self._send(404, {"error": f"unknown path {self.path}"})
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path != f"/v1/models/{MODEL_NAME}:predict":
-            self._send(404, {"error": "unknown path"})
-            return
-        function = self.loaded.signatures[body["signature_name"]]
-        try:
-            out = function(image_bytes=tf.constant(rest.decode_instances(body)))
-        except tf.errors.InvalidArgumentError as error:
-            self._send(400, {"error": error.message})
-            return
-        columns = {k: v.numpy().tolist() for k, v in out.items()}
-        rows = [
-            {
-                k: (v.decode() if isinstance(v, bytes) else v)
-                for k, v in zip(columns, r, strict=True)
-            }
-            for r in zip(*columns.values(), strict=True)
-        ]
-        self._send(200, {"predictions": rows})
-
-    def log_message(self, *args):  # quiet
-        pass
+@pytest.fixture(scope="module")
+def serving(model_dir):
+    """The stand-in TF Serving (tests/tf_serving_standin.py) on the pushed model."""
+    version = os.path.basename(model_dir.rstrip("/"))
+    with TFServingStandIn(model_dir, MODEL_NAME, version) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
-def fake_serving(model_dir):
-    saved_model = loader_impl.parse_saved_model(model_dir)
-    signatures = saved_model.meta_graphs[0].signature_def
-    _FakeServing.loaded = tf.saved_model.load(model_dir)
-    _FakeServing.metadata = {
-        "model_spec": {"name": MODEL_NAME},
-        "metadata": {
-            "signature_def": {
-                "signature_def": {
-                    name: json_format.MessageToDict(sig, preserving_proto_field_name=True)
-                    for name, sig in signatures.items()
-                }
-            }
-        },
-    }
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeServing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/v1/models/{MODEL_NAME}"
-    server.shutdown()
+def fake_serving(serving):
+    return serving.url
+
+
+def _json(url: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_row_and_columnar_requests_give_the_same_answers(serving, crops):
+    encoded = [{"b64": base64.b64encode(open(path, "rb").read()).decode()} for path in crops[:3]]
+    code, rows = _json(
+        serving.url + ":predict", {"signature_name": "predict_image", "instances": encoded}
+    )
+    assert code == 200
+    code, columns = _json(
+        f"{serving.url}/versions/{serving.version}:predict",
+        {"signature_name": "predict_image", "inputs": {"image_bytes": encoded}},
+    )
+    assert code == 200
+    by_row = [r[features.PROBABILITY_OUTPUT] for r in rows["predictions"]]
+    np.testing.assert_allclose(by_row, columns["outputs"][features.PROBABILITY_OUTPUT], atol=1e-6)
+    names = [r[features.CLASS_NAME_OUTPUT] for r in rows["predictions"]]
+    assert names == columns["outputs"][features.CLASS_NAME_OUTPUT]
+
+
+@pytest.mark.parametrize(
+    "path,body,code,words",
+    [
+        (":predict", {"signature_name": "nope", "instances": [1]}, 400, "not found"),
+        (":predict", {"signature_name": "predict_image", "instances": [{"b64": "%%"}]}, 400, "b64"),
+        (":predict", {"signature_name": "predict_image"}, 400, "instances"),
+        ("/versions/1:predict", {"instances": [1]}, 404, "version"),
+    ],
+)
+def test_serving_errors_are_json_with_an_error_field(serving, path, body, code, words):
+    status, answer = _json(serving.url + path, body)
+    assert status == code and words in answer["error"]
+
+
+def test_readiness_probe_of_the_k8s_manifest_answers_available(serving):
+    (deployment,) = [d for d in _manifests() if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    probe = container["readinessProbe"]["httpGet"]["path"]
+    status, answer = _json(f"http://127.0.0.1:{serving.port}{probe}")
+    assert status == 200
+    assert answer["model_version_status"] == [
+        {
+            "version": serving.version,
+            "state": "AVAILABLE",
+            "status": {"error_code": "OK", "error_message": ""},
+        }
+    ]
+    status, metadata = _json(f"http://127.0.0.1:{serving.port}{probe}/metadata")
+    assert "predict_image" in metadata["metadata"]["signature_def"]["signature_def"]
 
 
 def test_cli_over_rest_prints_json_and_flags_bad_files(fake_serving, crops, bad_files, capsys):

@@ -14,6 +14,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.io import fileio
 from tfx.types.artifact import Artifact
 
+from components import kfp_ui
 from components.eval_report import content, html_report, sources, tfma_reader
 from components.grad_cam import model_io
 from modules import features
@@ -71,3 +72,29 @@ def EvalReport(
     built = write_report(evaluation, blessing, model, statistics, examples, eval_split, report.uri)
     report.set_int_custom_property("blessed", int(built["blessing"]["blessed"]))
     report.set_string_custom_property("html", os.path.join(report.uri, HTML_FILE))
+    if kfp_ui.ui_metadata_path():
+        with fileio.open(os.path.join(report.uri, HTML_FILE)) as f:
+            page = f.read()
+        kfp_ui.emit([kfp_ui.markdown(ui_summary(built, report.uri)), kfp_ui.web_app(page)])
+
+
+def ui_summary(built: dict, uri: str) -> str:
+    """Markdown for the KFP UI: the blessing, the AUCs it compared, failures, the metrics."""
+    blessing = built["blessing"]
+    verdict = "blessed" if blessing["blessed"] else "NOT blessed"
+    lines = [f"## Evaluation: model {verdict}", ""]
+    lines.append(f"- candidate AUC: {blessing['candidate_auc']}")
+    if blessing["has_baseline"]:
+        lines.append(f"- last blessed model's AUC: {blessing['baseline_auc']}")
+    lines += [
+        f"- failed: {f['metric']} on {f['slice']}: {f['message']}" for f in blessing["failures"]
+    ]
+    rows = [
+        (name, f"{value:.4f}")
+        for name, value in sorted(built.get("overall", {}).items())
+        if isinstance(value, (int, float))
+    ]
+    if rows:
+        lines += ["", kfp_ui.table(rows, ("metric (overall)", "value"))]
+    lines += ["", f"Full report: `{os.path.join(uri, HTML_FILE)}`"]
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.io import fileio
 from tfx.types.artifact import Artifact
 
+from components import kfp_ui
 from components.grad_cam import audit_set, cam, model_io, render
 from modules import features
 from modules.trainer import export
@@ -90,6 +91,19 @@ def build_gallery(model_uri: str, examples: Artifact, split: str, per_class: int
     return summary
 
 
+def inline_gallery(summary: dict, folder: str) -> str:
+    """The gallery as one self-contained page with small thumbnails (Kubeflow's web-app)."""
+    if summary["status"] != "ok":
+        with fileio.open(os.path.join(folder, GALLERY_FILE)) as f:
+            return f.read()
+    fields = {f.name for f in dataclasses.fields(render.GalleryEntry)}
+    entries = [render.GalleryEntry(**{k: t[k] for k in fields}) for t in summary["tiles"]]
+    facts = {k: summary[k] for k in ("backbone", "weights", "split", "model", "conv_layer")}
+    return render.gallery_html(
+        entries, facts, src=lambda e: render.thumbnail_data_uri(os.path.join(folder, e.png))
+    )
+
+
 @component
 def GradCam(
     model: InputArtifact[tfx.types.standard_artifacts.Model],
@@ -100,5 +114,7 @@ def GradCam(
 ) -> None:
     """Heatmaps for ``per_class`` tiles of each class of ``split``, spread over patients."""
     summary = build_gallery(model.uri, examples, split, per_class, gallery.uri)
+    if kfp_ui.ui_metadata_path():
+        kfp_ui.emit([kfp_ui.web_app(inline_gallery(summary, gallery.uri))])
     gallery.set_string_custom_property("status", summary["status"])
     gallery.set_int_custom_property("num_images", len(summary["tiles"]))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import html
 import io
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -56,9 +58,28 @@ def triptych_png(image: np.ndarray, malignant: np.ndarray, benign: np.ndarray) -
     return buffer.getvalue()
 
 
-def gallery_html(entries: list[GalleryEntry], facts: dict[str, str]) -> str:
-    """A static page: one card per audit tile, model facts on top."""
+def thumbnail_data_uri(png_path: str, width: int = 480) -> str:
+    """A small JPEG of a triptych as a data URI: a page that must be one file stays light."""
+    with Image.open(png_path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((width, width))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def gallery_html(
+    entries: list[GalleryEntry],
+    facts: dict[str, str],
+    src: Callable[[GalleryEntry], str] | None = None,
+) -> str:
+    """A static page: one card per audit tile, model facts on top.
+
+    ``src`` gives each image's address: the PNG beside the page by default, or e.g. an
+    inline thumbnail for a self-contained copy (the Kubeflow UI's web-app viewer).
+    """
     esc = html.escape
+    src = src or (lambda e: e.png)
     fact_rows = "".join(
         f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in facts.items()
     )
@@ -66,7 +87,7 @@ def gallery_html(entries: list[GalleryEntry], facts: dict[str, str]) -> str:
     for e in entries:
         verdict = "ok" if e.label_name == e.predicted_name else "miss"
         cards.append(
-            f'<figure class="{verdict}"><img src="{esc(e.png)}" alt="{esc(e.source)}">'
+            f'<figure class="{verdict}"><img src="{esc(src(e))}" alt="{esc(e.source)}">'
             f"<figcaption><b>{esc(e.label_name)}</b> (truth) &middot; P(malignant) = "
             f"{e.probability:.3f} &rarr; {esc(e.predicted_name)}<br>patient "
             f"{esc(e.patient_id)} &middot; {e.magnification}X &middot; subtype "
