@@ -56,7 +56,7 @@ ENABLE_TUNER = _env("HISTO_ENABLE_TUNER", "false").strip().lower() in ("1", "tru
 TUNER_TRIALS = _env_int("HISTO_TUNER_TRIALS", 4)
 
 # Data gates (before Transform). The patient rule must be the one preprocessing used.
-PATIENT_RULE = _env("HISTO_PATIENT_RULE", patients.DEFAULT_RULE)
+PATIENT_RULE = patients.configured_rule()  # HISTO_PATIENT_RULE
 # The curated raw-data schema (ImportSchemaGen); regenerate with pipeline/schema/curate.py.
 SCHEMA_FILE = _env(
     "HISTO_SCHEMA_FILE",

@@ -24,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split-salt", default="", help="change to draw a different split")
     parser.add_argument(
         "--patient-rule",
-        default=patients.DEFAULT_RULE,
         type=patients.validate_rule,
-        help="which ids are one patient: breakhis (slide letters dropped), as-is, regex:<pat>",
+        help="which ids are one patient: breakhis (slide letters dropped, the default), "
+        "as-is, regex:<pattern>; default from HISTO_PATIENT_RULE",
     )
     parser.add_argument("--max-reject-fraction", type=float, default=0.05)
     parser.add_argument("--min-side", type=int, default=DEFAULT_MIN_SIDE)
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             beam_args=beam_args,
             min_side=args.min_side,
             max_pixels=args.max_pixels,
-            patient_rule=args.patient_rule,
+            patient_rule=args.patient_rule or patients.configured_rule(),
         )
     except (PreprocessingError, ValueError, OSError) as err:
         print(f"histo-preprocess: error: {err}", file=sys.stderr)

@@ -15,9 +15,11 @@ again to what preprocessing wrote.
 """
 
 import functools
+import os
 import re
 
 DEFAULT_RULE = "breakhis"
+RULE_ENV = "HISTO_PATIENT_RULE"  # read by histo-preprocess and the pipeline alike
 _BREAKHIS_SLIDE = r"^(\d+-\d+)[A-Za-z]*$"
 
 
@@ -33,6 +35,11 @@ def _pattern(rule: str) -> re.Pattern | None:
         except re.error as err:
             raise ValueError(f"patient rule {rule!r}: bad regular expression: {err}") from None
     raise ValueError(f"unknown patient rule {rule!r}: use breakhis, as-is or regex:<pattern>")
+
+
+def configured_rule() -> str:
+    """The rule this deployment uses: ``HISTO_PATIENT_RULE`` or the default."""
+    return validate_rule(os.environ.get(RULE_ENV, "").strip() or DEFAULT_RULE)
 
 
 def validate_rule(rule: str) -> str:
