@@ -67,7 +67,6 @@ SCHEMA_FILE = _env(
 # Measured (README, "Data gates"): demo span plus new patients <= 0.011; train splits of two
 # patient draws of the shared BreakHis sets <= 0.03; demo tiles with denser stain and a blur
 # 0.16-1.0.
-DRIFT_SPLIT = features.TRAIN_SPLIT
 DRIFT_MAX_JSD = _env_float("HISTO_DRIFT_MAX_JSD", 0.1)
 DRIFT_MAX_FORMAT_LINF = _env_float("HISTO_DRIFT_MAX_FORMAT_LINF", 0.2)
 DRIFT_JSD_FEATURES: tuple[str, ...] = (

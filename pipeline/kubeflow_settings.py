@@ -49,6 +49,7 @@ this module loads without TensorFlow and its parsing is unit-tested directly.
 """
 
 import dataclasses
+import hashlib
 import math
 import os
 import re
@@ -310,6 +311,11 @@ def from_env(env: Mapping[str, str] | None = None) -> KubeflowSettings:
     )
 
 
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def create_pipeline_kwargs(settings: KubeflowSettings) -> dict[str, Any]:
     """The create_pipeline arguments both cluster runners share (module paths, not files)."""
     return {
@@ -321,5 +327,9 @@ def create_pipeline_kwargs(settings: KubeflowSettings) -> dict[str, Any]:
         "data_root": settings.data_root,
         "serving_model_dir": settings.serving_model_dir,
         "schema_file": settings.schema_file,
+        # The image's schema is this repository's file: its content keys the cache.
+        "schema_sha256": (
+            _sha256(configs.SCHEMA_FILE) if settings.schema_file == IMAGE_SCHEMA_FILE else None
+        ),
         "beam_pipeline_args": settings.beam_pipeline_args,
     }

@@ -13,6 +13,7 @@ from tfx.proto import example_gen_pb2
 
 from components.anomalies_gate import AnomaliesGate
 from components.baseline_statistics import BaselineStatisticsStrategy
+from components.curated_schema_gen import CuratedSchemaGen
 from components.drift_gate import DriftGate
 from components.eval_report.component import EvalReport
 from components.grad_cam.component import GradCam
@@ -124,6 +125,7 @@ def create_pipeline(
     max_auc_drop: float,
     schema_file: str,
     drift_thresholds: str,
+    schema_sha256: str | None = None,
     patient_rule: str = patients.DEFAULT_RULE,
     accept_drift: str = "",
     drift_gate: bool = True,
@@ -152,7 +154,9 @@ def create_pipeline(
     components.append(statistics_gen)
 
     # A fixed, curated schema: a schema re-inferred from each span could never object to it.
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
+    schema_gen = CuratedSchemaGen(schema_file=schema_file, schema_sha256=schema_sha256).with_id(
+        "ImportSchemaGen"
+    )
     components.append(schema_gen)
 
     example_validator = tfx.components.ExampleValidator(

@@ -6,6 +6,7 @@ settings parser, and a static reading of the Dockerfile (no Docker engine here).
 """
 
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -209,8 +210,12 @@ def test_transform_and_trainer_name_their_functions_by_module_path(compiled):
 
 def test_gates_read_the_curated_schema_in_the_image_and_configs_thresholds(compiled):
     steps = step_templates(compiled["workflow"])
-    schema = node_parameters(steps["importschemagen"])["schema_file"]
+    parameters = node_parameters(steps["importschemagen"])
+    schema = parameters["schema_file"]
     assert schema == kubeflow_settings.IMAGE_SCHEMA_FILE
+    # The image's file is this repository's: its content keys ImportSchemaGen's cache.
+    with open(configs.SCHEMA_FILE, "rb") as f:
+        assert parameters["schema_sha256"] == hashlib.sha256(f.read()).hexdigest()
     # The Dockerfile copies the repository to /pipeline: the file is there in the image.
     assert os.path.isfile(os.path.join(REPO, os.path.relpath(schema, "/pipeline")))
     drift = node_parameters(steps["driftgate"])
