@@ -43,9 +43,10 @@ def run() -> None:
     """Builds the settings and compiles create_pipeline into <pipeline_name>_pipeline.json."""
     settings = kubeflow_settings.from_env()
     # KFP v2 compiles only TFX's built-in resolver strategies, not the drift gate's
-    # baseline lookup (components/baseline_statistics.py): Vertex runs without that gate.
+    # baseline lookup (components/baseline_statistics.py) nor the KFP v1 UI viewers step:
+    # Vertex runs without both.
     tfx_pipeline = create_pipeline(
-        **kubeflow_settings.create_pipeline_kwargs(settings), drift_gate=False
+        **kubeflow_settings.create_pipeline_kwargs(settings), drift_gate=False, kfp_ui_viewers=False
     )
     for component in tfx_pipeline.components:
         if component.id == TRAINER_ID:

@@ -7,8 +7,9 @@ first gets them shown: ``web-app`` (a self-contained HTML page in a sandboxed if
 short ``markdown`` (KFP truncates inline markdown at 50 KB). Outside a KFP pod (no
 ``--metadata_ui_path`` on the command line) nothing is written.
 
-On a cache hit the executor does not run: TFX's own entry then lists the cached output
-artifacts' URIs, which is where the report or gallery of the earlier run lies.
+On a cache hit the executor does not run, and TFX's own entry then names the output URI
+the step would have written, not the cached artifact's: ``components/kfp_viewers.py`` (a
+resolver step, never cached) shows the run's report, gallery and gate reports every run.
 """
 
 import json

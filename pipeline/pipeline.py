@@ -17,6 +17,7 @@ from components.curated_schema_gen import CuratedSchemaGen
 from components.drift_gate import DriftGate
 from components.eval_report.component import EvalReport
 from components.grad_cam.component import GradCam
+from components.kfp_viewers import KfpViewersStrategy
 from components.patient_leakage_gate import PatientLeakageGate
 from components.pusher import dedup_executor
 from components.tflite_export.component import TFLiteExport, TFLitePusher
@@ -129,6 +130,7 @@ def create_pipeline(
     patient_rule: str = patients.DEFAULT_RULE,
     accept_drift: str = "",
     drift_gate: bool = True,
+    kfp_ui_viewers: bool = True,
     eval_split: str = features.TEST_SPLIT,
     beam_pipeline_args: list[str] | None = None,
     metadata_connection_config: Any | None = None,
@@ -284,6 +286,20 @@ def create_pipeline(
         tflite=tflite_export.outputs["tflite"], pushed_model=pusher.outputs["pushed_model"]
     )
     components.append(tflite_pusher)
+
+    if kfp_ui_viewers:
+        # Never cached (a resolver): shows this run's report, gallery and gate reports in
+        # the Kubeflow UI even when the steps that made them were served from the cache.
+        shown = {
+            "report": eval_report.outputs["report"],
+            "gallery": grad_cam.outputs["gallery"],
+            "patients": leakage_gate.outputs["report"],
+        }
+        if drift_gate:
+            shown["drift"] = drift.outputs["report"]
+        components.append(
+            tfx.dsl.Resolver(strategy_class=KfpViewersStrategy, **shown).with_id("kfp_ui_viewers")
+        )
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,

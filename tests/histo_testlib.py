@@ -79,6 +79,7 @@ ALL_NODES = {
     "TFLiteExport",
     "Pusher",
     "TFLitePusher",
+    "kfp_ui_viewers",
 }
 
 

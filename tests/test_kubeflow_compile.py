@@ -60,6 +60,10 @@ EXPECTED_STEPS = {
     ),
     "trainer": ("Trainer", {"transform", "importschemagen"}),
     "baseline-statistics-resolver": ("baseline_statistics_resolver", set()),
+    "kfp-ui-viewers": (
+        "kfp_ui_viewers",
+        {"evalreport", "gradcam", "patientleakagegate", "driftgate"},
+    ),
     "driftgate": (
         "DriftGate",
         {"statisticsgen", "importschemagen", "baseline-statistics-resolver", "anomaliesgate"},

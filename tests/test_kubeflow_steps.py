@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.kfp_steps]
 
 PIPELINE_NAME = "histo-kfp-steps"
 CONSTANT_TRAINER_DIR = os.path.join(REPO, "tests", "fixtures", "constant_trainer")
-RESOLVERS = {"latest-blessed-model-resolver", "baseline-statistics-resolver"}
+RESOLVERS = {"latest_blessed_model_resolver", "baseline_statistics_resolver", "kfp_ui_viewers"}
 SMALL = {
     "HISTO_IMAGE_SIZE": "96",
     "HISTO_TRAIN_STEPS": "40",
@@ -125,14 +125,14 @@ def versions(kfp: dict) -> list[str]:
 
 def test_run_1_every_step_runs_and_a_blessed_model_is_pushed(kfp):
     steps = run(kfp, "histo-run-1")
-    assert len(steps) == 17
+    assert len(steps) == 18
     executions = executions_of_run(kfp, "histo-run-1")
-    assert len(executions) == 17
+    assert len(executions) == 18
     assert all(state(e) == "COMPLETE" for e in executions.values()), {
         n: state(e) for n, e in executions.items()
     }
     for node, execution in executions.items():
-        if node in {"latest_blessed_model_resolver", "baseline_statistics_resolver"}:
+        if node in RESOLVERS:
             continue  # resolvers record no pod name: they produce no new artifacts
         pod = execution.custom_properties["kfp_pod_name"].string_value
         assert pod.startswith("histo-run-1-"), node
@@ -144,7 +144,14 @@ def test_run_1_every_step_runs_and_a_blessed_model_is_pushed(kfp):
 def test_run_1_ui_shows_report_gallery_and_gates(kfp):
     ui = {
         name: os.path.join(kfp["paths"]["runs"], "histo-run-1", name, "mlpipeline-ui-metadata.json")
-        for name in ("evalreport", "gradcam", "anomaliesgate", "driftgate", "patientleakagegate")
+        for name in (
+            "evalreport",
+            "gradcam",
+            "anomaliesgate",
+            "driftgate",
+            "patientleakagegate",
+            "kfp-ui-viewers",
+        )
     }
     viewers = {name: json.load(open(path))["outputs"] for name, path in ui.items()}
     types = {name: [v["type"] for v in outputs] for name, outputs in viewers.items()}
@@ -154,6 +161,7 @@ def test_run_1_ui_shows_report_gallery_and_gates(kfp):
     assert len(report_app["source"]) < 2_000_000
     summary = [v["source"] for v in viewers["evalreport"] if v["type"] == "markdown"]
     assert any("blessed" in s.lower() and "auc" in s.lower() for s in summary)
+    assert types["kfp-ui-viewers"].count("web-app") == 2
     for gate in ("anomaliesgate", "driftgate", "patientleakagegate"):
         notes = [v["source"] for v in viewers[gate] if v["type"] == "markdown"]
         assert any("passed" in n.lower() for n in notes), gate
@@ -164,19 +172,23 @@ def test_run_2_with_a_new_run_id_is_served_from_the_cache(kfp):
     executions = executions_of_run(kfp, "histo-run-2")
     # As locally: the pushed model became the baseline of the Evaluator and the drift gate.
     rerun = {"DriftGate", "Evaluator", "EvalReport", "Pusher", "TFLitePusher"}
-    resolvers = {"latest_blessed_model_resolver", "baseline_statistics_resolver"}
     cached = {n for n, e in executions.items() if state(e) == "CACHED"}
-    assert set(executions) - rerun - resolvers <= cached, {
+    assert set(executions) - rerun - RESOLVERS <= cached, {
         n: state(e) for n, e in executions.items()
     }
     assert "Transform" in cached and "Trainer" in cached
     assert len(versions(kfp)) == 1  # the identical model is not pushed twice
-    # A cached step runs no executor: TFX's own entry says where the earlier gallery is.
+    # GradCam was cached: no executor ran, so its step shows only TFX's own entry; the
+    # viewers step (a resolver, never cached) shows the cached gallery and the report.
     assert "GradCam" in cached
-    gallery = store(kfp).get_artifacts_by_type("histopath.GradCamGallery")
-    [entry] = steps["gradcam"].ui_metadata["outputs"]
-    assert entry["type"] == "markdown"
-    assert max(gallery, key=lambda a: a.id).uri.replace("_", "\\_") in entry["source"]
+    assert [v["type"] for v in steps["gradcam"].ui_metadata["outputs"]] == ["markdown"]
+    shown = steps["kfp-ui-viewers"].ui_metadata["outputs"]
+    [gallery] = store(kfp).get_artifacts_by_type("histopath.GradCamGallery")
+    assert f"gallery: `{gallery.uri}`" in shown[0]["source"]
+    pages = [v["source"] for v in shown if v["type"] == "web-app"]
+    assert len(pages) == 2 and "Grad-CAM audit set" in pages[1]
+    assert "data:image/jpeg;base64," in pages[1]
+    assert any("DriftGate passed" in v["source"] for v in shown if v["type"] == "markdown")
 
 
 def test_run_3_new_span_retrains_and_a_worse_model_is_not_pushed(kfp):

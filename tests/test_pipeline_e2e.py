@@ -73,7 +73,7 @@ def test_pushed_model_predicts_raw_images_through_its_signatures(first_run, demo
 
 
 def test_identical_rerun_is_served_from_the_cache(first_run, demo_data):
-    resolvers = {"latest_blessed_model_resolver", "baseline_statistics_resolver"}
+    resolvers = {"latest_blessed_model_resolver", "baseline_statistics_resolver", "kfp_ui_viewers"}
     # The model just pushed is now a baseline: a new input of the Evaluator (and of what
     # follows it) and of the drift gate (the statistics behind that model).
     with_new_baseline = {"DriftGate", "Evaluator", "EvalReport", "Pusher", "TFLitePusher"}

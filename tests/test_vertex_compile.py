@@ -31,6 +31,7 @@ COMPONENTS = ALL_NODES - {
     "latest_blessed_model_resolver",
     "baseline_statistics_resolver",
     "DriftGate",
+    "kfp_ui_viewers",
 }
 ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
 RESOLVER_TASKS = {

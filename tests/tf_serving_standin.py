@@ -40,7 +40,10 @@ def _decode(value, dtype: tf.DType):
     if isinstance(value, dict):
         if set(value) != {"b64"}:
             raise _RestError(400, f"JSON object is not a {{'b64': ...}} value: {sorted(value)}")
-        return base64.b64decode(value["b64"], validate=True)
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (ValueError, TypeError) as error:
+            raise _RestError(400, f"Unable to base64 decode the 'b64' value: {error}") from None
     if dtype == tf.string and isinstance(value, str):
         return value.encode()
     if isinstance(value, list):
