@@ -46,7 +46,10 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
 
 # The raster formats a slide tile comes in. Pillow knows ~40 more (EPS would run
 # Ghostscript on a hostile file); a file in any other format is "not a recognised image".
-_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
+READ_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
+# What an accepted file's format can be named (the ``source_format`` feature): Pillow names a
+# multi-picture JPEG "MPO". The curated schema's domain for that feature is this list.
+SOURCE_FORMATS = tuple(sorted(READ_FORMATS + ("MPO",)))
 _IMAGE_SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
     (b"\xff\xd8\xff", "JPEG"),
@@ -110,7 +113,7 @@ def _not_an_image_reason(data: bytes) -> str:
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the header alone, without Pillow's decompression bomb check."""
-    for fmt in _FORMATS:
+    for fmt in READ_FORMATS:
         factory, accept = Image.OPEN[fmt]
         try:
             accepted = accept(data[:16]) if accept else True
@@ -152,7 +155,7 @@ def load_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=_FORMATS) as probe:
+            with Image.open(io.BytesIO(data), formats=READ_FORMATS) as probe:
                 width, height = probe.size
                 fmt = probe.format
                 if width * height > max_pixels:
@@ -161,7 +164,7 @@ def load_image(
                         f"> limit {max_pixels}"
                     )
                 probe.verify()
-            with Image.open(io.BytesIO(data), formats=_FORMATS) as image:
+            with Image.open(io.BytesIO(data), formats=READ_FORMATS) as image:
                 image.load()  # decodes every pixel: truncated files fail here
                 mode = image.mode
                 bits = image.info.get("bits", 8)

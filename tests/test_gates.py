@@ -79,7 +79,7 @@ def test_curated_schema_accepts_what_preprocessing_writes():
         (rows(20, magnification=[4000] * 20), features.MAGNIFICATION_KEY),
         (rows(20, height=[8] * 20), features.HEIGHT_KEY),
         (rows(20, tissue_fraction=[1.5] * 20), features.TISSUE_FRACTION_KEY),
-        (rows(20, source_format=[b"GIF"] * 20), features.SOURCE_FORMAT_KEY),
+        (rows(20, source_format=[b"PSD"] * 20), features.SOURCE_FORMAT_KEY),
         (rows(20).drop(columns=[features.STAIN_EOSIN_KEY]), features.STAIN_EOSIN_KEY),
         (rows(20).drop(columns=[features.IMAGE_KEY]), features.IMAGE_KEY),
         (rows(20, label=[f"{i % 2}" for i in range(20)]), features.LABEL_KEY),  # ill-typed
@@ -279,3 +279,10 @@ def test_the_checked_in_schema_is_what_the_documented_command_regenerates(tmp_pa
     output = tmp_path / "schema.pbtxt"
     assert curate.main(["--statistics", str(stats_file), "--output", str(output)]) == 0
     assert tfdv.load_schema_text(str(output)) == SCHEMA
+
+
+def test_every_format_preprocessing_accepts_passes_the_schema():
+    from preprocessing.image_io import SOURCE_FORMATS
+
+    domain = tfdv.get_feature(SCHEMA, features.SOURCE_FORMAT_KEY).string_domain.value
+    assert set(domain) == set(SOURCE_FORMATS) and "GIF" in domain

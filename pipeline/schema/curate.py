@@ -21,11 +21,10 @@ import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from modules import features
-from preprocessing.image_io import DEFAULT_MIN_SIDE
+from preprocessing.image_io import DEFAULT_MIN_SIDE, SOURCE_FORMATS
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.pbtxt")
 MAX_SIDE = 50_000
-SOURCE_FORMATS = ("BMP", "JPEG", "MPO", "PNG", "TIFF")
 _FREE_TEXT = (
     features.PATIENT_ID_KEY,
     features.SLIDE_ID_KEY,
