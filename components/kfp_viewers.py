@@ -22,6 +22,7 @@ from components.drift_gate import ui_summary as drift_summary
 from components.eval_report.component import HTML_FILE
 from components.grad_cam.component import SUMMARY_FILE, inline_gallery
 from components.patient_leakage_gate import REPORT_FILE as PATIENTS_FILE
+from components.patient_leakage_gate import ui_summary as leakage_summary
 
 
 def _read(uri: str, name: str) -> str:
@@ -36,9 +37,7 @@ def viewers(latest: dict[str, types.Artifact]) -> list[dict]:
     out = [kfp_ui.markdown("\n".join(lines))]
     if "patients" in latest:
         per_split = json.loads(_read(latest["patients"].uri, PATIENTS_FILE))
-        rows = [(split, len(ids)) for split, ids in per_split.items()]
-        table = kfp_ui.table(rows, ("split", "patients"))
-        out.append(kfp_ui.markdown(f"## PatientLeakageGate passed\n\n{table}"))
+        out.append(kfp_ui.markdown(leakage_summary(per_split)))
     if "drift" in latest:
         out.append(
             kfp_ui.markdown(drift_summary(json.loads(_read(latest["drift"].uri, DRIFT_FILE))))

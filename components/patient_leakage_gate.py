@@ -62,6 +62,14 @@ def check_leakage(patients_by_split: dict[str, set[str]]) -> None:
         )
 
 
+def ui_summary(patients_per_split: dict) -> str:
+    """The passed gate's markdown: patients per split (the report file's content, counted)."""
+    rows = [(split, len(ids)) for split, ids in patients_per_split.items()]
+    return "## PatientLeakageGate passed\n\nNo patient in two splits.\n\n" + kfp_ui.table(
+        rows, ("split", "patients")
+    )
+
+
 @component
 def PatientLeakageGate(
     examples: InputArtifact[tfx.types.standard_artifacts.Examples],
@@ -75,15 +83,7 @@ def PatientLeakageGate(
     except DataGateError as stopped:
         kfp_ui.emit([kfp_ui.markdown(f"## PatientLeakageGate: run stopped\n\n{stopped}")])
         raise
-    counts = kfp_ui.table([(s, len(p)) for s, p in found.items()], ("split", "patients"))
-    kfp_ui.emit(
-        [
-            kfp_ui.markdown(
-                f"## PatientLeakageGate passed\n\nNo patient (rule `{patient_rule}`) in two "
-                f"splits.\n\n{counts}"
-            )
-        ]
-    )
+    kfp_ui.emit([kfp_ui.markdown(ui_summary(found))])
     summary = {split: sorted(p) for split, p in found.items()}
     with fileio.open(os.path.join(report.uri, REPORT_FILE), "w") as f:
         f.write(json.dumps(summary, indent=2))

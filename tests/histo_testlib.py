@@ -81,6 +81,8 @@ ALL_NODES = {
     "TFLitePusher",
     "kfp_ui_viewers",
 }
+# Resolver nodes run on every run: never CACHED.
+RESOLVERS = {"latest_blessed_model_resolver", "baseline_statistics_resolver", "kfp_ui_viewers"}
 
 
 def small_settings(**overrides) -> dict:

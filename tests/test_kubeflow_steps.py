@@ -20,7 +20,7 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2
 
 from demo.generate import generate
-from histo_testlib import BIN, FAST_BEAM_ARGS, REPO, cli_env
+from histo_testlib import BIN, FAST_BEAM_ARGS, REPO, RESOLVERS, cli_env
 from kfp_steps import run_workflow
 from mlmd_grpc import MetadataGrpcServer
 from preprocessing import layouts
@@ -30,7 +30,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.kfp_steps]
 
 PIPELINE_NAME = "histo-kfp-steps"
 CONSTANT_TRAINER_DIR = os.path.join(REPO, "tests", "fixtures", "constant_trainer")
-RESOLVERS = {"latest_blessed_model_resolver", "baseline_statistics_resolver", "kfp_ui_viewers"}
 SMALL = {
     "HISTO_IMAGE_SIZE": "96",
     "HISTO_TRAIN_STEPS": "40",

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import local_runner
-from histo_testlib import ALL_NODES, REPO, node_states, pushed_versions, run_pipeline
+from histo_testlib import ALL_NODES, REPO, RESOLVERS, node_states, pushed_versions, run_pipeline
 from modules import features
 from modules.trainer import export
 
@@ -73,20 +73,19 @@ def test_pushed_model_predicts_raw_images_through_its_signatures(first_run, demo
 
 
 def test_identical_rerun_is_served_from_the_cache(first_run, demo_data):
-    resolvers = {"latest_blessed_model_resolver", "baseline_statistics_resolver", "kfp_ui_viewers"}
     # The model just pushed is now a baseline: a new input of the Evaluator (and of what
     # follows it) and of the drift gate (the statistics behind that model).
     with_new_baseline = {"DriftGate", "Evaluator", "EvalReport", "Pusher", "TFLitePusher"}
     run_pipeline(demo_data, first_run["output"])
     states = node_states(local_runner.metadata_path(first_run["output"]))
-    assert all(states[n][-1] == "CACHED" for n in ALL_NODES - resolvers - with_new_baseline)
+    assert all(states[n][-1] == "CACHED" for n in ALL_NODES - RESOLVERS - with_new_baseline)
     assert states["Transform"] == ["COMPLETE", "CACHED"], states
     # The identical model is recognised and not pushed as a second version.
     assert len(pushed_versions(first_run["output"])) == 1
     run_pipeline(demo_data, first_run["output"])
     states = node_states(local_runner.metadata_path(first_run["output"]))
     cached = {node for node, s in states.items() if s[-1] == "CACHED"}
-    assert ALL_NODES - resolvers <= cached, states
+    assert ALL_NODES - RESOLVERS <= cached, states
     assert len(pushed_versions(first_run["output"])) == 1
 
 
