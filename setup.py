@@ -35,7 +35,7 @@ setup(
         "scipy",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout", "ruff", "scikit-image"],
+        "dev": ["pytest>=8", "pytest-timeout", "ruff", "scikit-image", "scikit-learn"],
     },
     entry_points={
         "console_scripts": [

@@ -1,308 +1,437 @@
-"""Is ImageNet transfer worth it on real BreakHis crops? ImageNet MobileNetV2 (offline
-weights) vs the same network from random initialisation, same recipe, same budget.
+"""The project's quality yardstick: the Trainer's recipe against a linear probe, on real tissue.
 
-Data: the BreakHis crops in ``../shared/data/breakhis-crops`` (labels and patients from
-``preprocessing.layouts.discover``), decoded and resized by Transform's own
-``decode_and_resize`` and written as Transform-format records, one file per patient.
+Data: any image trees the preprocessing can read (default: both shared BreakHis sets,
+``../shared/data/breakhis-100x`` and ``breakhis-crops``), labels and slide ids from
+``preprocessing.layouts``, patients by the pipeline's own rule (``preprocessing.patients``).
 
-Split: grouped k-fold by patient, stratified by the patients' class, so every image is
-scored exactly once by a model that never saw its patient. Patient ids that differ only by
-a trailing letter (``14-14134`` / ``14-14134E``) are kept in one group to be safe.
-``--splits patient image`` adds a control with the same folds count but split by image
-(every patient in every fold): the leaky protocol, to show what patient leakage is worth.
+Protocol, per seed: patient-grouped k-fold, stratified by the patients' class (patients of
+each class shuffled by the seed and dealt round-robin), so every image is scored once by a
+model that never saw its patient. Inside each training fold a patient-disjoint validation
+split (about a fifth of the training patients, both classes) plays the pipeline's eval split:
+early stopping, temperature and operating threshold come from it, never from the test fold.
 
-Recipe: the Trainer's own code, for both arms: ``trainer_module.build_model`` (backbone +
-head), ``data.make_dataset`` (augmentation on training only), ``class_weights``, and
-``fit_two_phases`` (frozen-backbone head phase, then the top of the backbone fine-tuned,
-BatchNorm frozen). The only difference from the pipeline: no validation split inside a
-fold (13 patients are too few), so no early stopping / LR decay; every arm trains for the
-same fixed epochs (the Trainer's defaults unless overridden).
+Arms (``--arms``):
+- ``probe``: the floor. Frozen ImageNet features of the whole image squeezed to one 224-px
+  square (global-average-pooled), standardised, logistic regression (scikit-learn, L2
+  C=0.05, class-balanced); threshold from the validation split like the recipe's.
+- ``probe-tiles``: the same logistic regression on the recipe's own features (native tiles).
+- ``recipe``: ``modules/trainer/recipe.train`` exactly as ``run_fn`` calls it, on
+  Transform-format (encoded image, label) datasets, with the Trainer's defaults.
+- ``recipe-densenet121``: the recipe with the DenseNet121 backbone.
+- ``recipe-no-views``: the recipe without test-time views (one pass per tile; variant).
+- ``fine-tune``: the recipe plus two fine-tuning epochs of the backbone's top (slow on CPU).
+Frozen features are computed once per backbone and image (a cache keyed by the image's
+digest, passed to ``recipe.train``); the recipe's scores of the first test fold are
+checked against the exported graph's own path (``recipe.image_logit``).
 
-Reported: AUC and accuracy (threshold 0.5) of the pooled out-of-fold predictions, and the
-mean / sd over folds.
+Reported per arm (pooled out-of-fold predictions, mean ± sd over seeds; fold AUC mean ± sd
+over every fold of every seed): image AUC, patient-level AUC (mean probability per patient),
+balanced accuracy, sensitivity and specificity at the arm's own threshold, ECE (10 bins),
+wall time. Table on stdout, JSON to ``--output``.
 
-Reading it: the recipe runs the backbone in inference mode, so a randomly initialised
-backbone (whose BatchNorm statistics are the init's 0 / 1) yields near-zero, constant
-features, and the random arm predicts one value for every image (AUC 0.5). That is the
-point of the comparison (this recipe needs ImageNet weights), not a from-scratch baseline.
-
-    .venv/bin/python benchmarks/breakhis_quality.py --image-size 224 --folds 4 \
-        --splits patient image
+    .venv/bin/python benchmarks/breakhis_quality.py            # full: 5 folds x 3 seeds
+    .venv/bin/python benchmarks/breakhis_quality.py --quick    # 5 folds x 1 seed, 2 arms
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
+import json
 import os
+import random
 import statistics
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from modules import features
-from modules.metrics import roc_auc
-from modules.trainer import data, trainer_module
-from modules.transform.transform_module import decode_and_resize
+from modules import image_tiles
+from modules.metrics import expected_calibration_error, operating_point, roc_auc
+from modules.trainer import recipe, trainer_module
 from preprocessing import layouts, patients
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "breakhis-crops")
-ARMS = {"imagenet": "offline", "random": "random"}  # arm -> backbones weights mode
-SPLITS = {"patient": "patient-disjoint", "image": "image-level (leaky)"}
+SHARED = os.path.join(REPO, "..", "shared", "data")
+DEFAULT_DATA = [os.path.join(SHARED, "breakhis-100x"), os.path.join(SHARED, "breakhis-crops")]
+DEFAULT_OUTPUT = os.path.join(REPO, "outputs", "benchmarks", "breakhis_quality.json")
+PROBE_C = 0.05
+VALIDATION_SHARE = 0.2
+ARM_SETTINGS: dict[str, dict] = {
+    "recipe": {},
+    "recipe-densenet121": {"backbone": "densenet121"},
+    "recipe-no-views": {"no_views": True},
+    "fine-tune": {"epochs_fine_tune": 2},
+}
+ARMS = ("probe", "probe-tiles", *ARM_SETTINGS)
+FULL_ARMS = ("probe", "probe-tiles", "recipe", "recipe-densenet121")
+QUICK_ARMS = ("probe", "recipe")
 
 
-class SpecOf:
-    """The transformed feature spec, which is all ``data`` needs from a TFTransformOutput."""
-
-    def __init__(self, image_size: int):
-        self.image_size = image_size
-
-    def transformed_feature_spec(self) -> dict:
-        return {
-            features.TRANSFORMED_IMAGE_KEY: tf.io.FixedLenFeature(
-                [self.image_size, self.image_size, 3], tf.float32
-            ),
-            features.TRANSFORMED_LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
-        }
+@dataclasses.dataclass
+class Item:
+    path: str
+    data: bytes
+    label: int
+    patient: str
 
 
-def patient_group(patient_id: str) -> str:
-    """The pipeline's own patient rule: slides of one patient must not straddle a split."""
-    return patients.patient_of(patient_id)
+def load_items(roots: list[str], rule: str) -> list[Item]:
+    """Every readable, labelled image under the roots, its patient by ``rule``."""
+    items = []
+    for root in roots:
+        records, rejects = layouts.discover(root)
+        if rejects:
+            print(f"{root}: skipped {len(rejects)} files, e.g. {rejects[0]}")
+        for record in records:
+            with open(record.path, "rb") as f:
+                data = f.read()
+            patient = patients.patient_of(record.patient_id, rule)
+            items.append(Item(record.path, data, int(record.label), patient))
+    return items
 
 
-def patient_key(record: layouts.ImageRecord, position: int) -> str:
-    """The honest split: all images of a patient (group) fall in one fold."""
-    return patient_group(record.patient_id)
+def patient_labels(items: list[Item]) -> dict[str, int]:
+    labels: dict[str, set] = {}
+    for item in items:
+        labels.setdefault(item.patient, set()).add(item.label)
+    mixed = [p for p, found in labels.items() if len(found) > 1]
+    if mixed:
+        raise ValueError(f"patients with both classes cannot be stratified: {mixed[:5]}")
+    return {p: found.pop() for p, found in labels.items()}
 
 
-def image_key(folds: int) -> Callable[[layouts.ImageRecord, int], str]:
-    """The leaky control: a patient's images are dealt over all folds."""
-    return lambda record, position: f"{patient_group(record.patient_id)}#{position % folds}"
-
-
-def write_group_records(
-    root: str, output: str, image_size: int, key: Callable[[layouts.ImageRecord, int], str]
-) -> dict[str, tuple]:
-    """{group: (records path, label, images)}: Transform-decoded images, one file per group.
-
-    ``key(record, position)`` names a record's group; position counts the patient's images.
-    """
-    records, rejects = layouts.discover(root)
-    if rejects:
-        print(f"skipped {len(rejects)} files: {rejects[:3]}")
-    by_group: dict[str, list] = {}
-    seen: dict[str, int] = {}
-    for record in records:
-        position = seen.get(record.patient_id, 0)
-        seen[record.patient_id] = position + 1
-        by_group.setdefault(key(record, position), []).append(record)
-    os.makedirs(output, exist_ok=True)
-    groups = {}
-    options = tf.io.TFRecordOptions(compression_type="GZIP")
-    for group, members in sorted(by_group.items()):
-        labels = {m.label for m in members}
-        assert len(labels) == 1, f"patient group {group} has both classes"
-        encoded = []
-        for member in members:
-            with open(member.path, "rb") as f:
-                encoded.append(f.read())
-        images = decode_and_resize(tf.constant(encoded), image_size).numpy()
-        path = os.path.join(output, f"{group.replace('#', '_')}.tfrecord.gz")
-        with tf.io.TFRecordWriter(path, options) as writer:
-            for image in images:
-                writer.write(_example(image, members[0].label))
-        groups[group] = (path, members[0].label, len(members))
-    return groups
-
-
-def _example(image: np.ndarray, label: int) -> bytes:
-    feature = {
-        features.TRANSFORMED_IMAGE_KEY: tf.train.Feature(
-            float_list=tf.train.FloatList(value=image.reshape(-1))
-        ),
-        features.TRANSFORMED_LABEL_KEY: tf.train.Feature(
-            int64_list=tf.train.Int64List(value=[int(label)])
-        ),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
-def grouped_folds(groups: dict[str, tuple], k: int) -> list[list[str]]:
-    """Patient groups dealt round-robin per class (largest first): class-stratified folds."""
-    folds: list[list[str]] = [[] for _ in range(k)]
-    slot = 0
-    for label in sorted({label for _, label, _ in groups.values()}):
-        members = sorted(
-            (g for g, (_, lab, _) in groups.items() if lab == label),
-            key=lambda g: (-groups[g][2], g),
-        )
-        for group in members:
-            folds[slot % k].append(group)
+def deal(patient_ids: list[str], labels: dict[str, int], k: int, seed: int) -> dict[str, int]:
+    """Patients per class shuffled by ``seed`` and dealt round-robin into ``k`` groups."""
+    rng = random.Random(seed)
+    group, slot = {}, 0
+    for label in sorted(set(labels[p] for p in patient_ids)):
+        members = sorted(p for p in patient_ids if labels[p] == label)
+        rng.shuffle(members)
+        for patient in members:
+            group[patient] = slot % k
             slot += 1
+    return group
+
+
+def validation_patients(train: list[str], labels: dict[str, int], seed: int) -> set[str]:
+    """About VALIDATION_SHARE of the training patients, at least one of each class."""
+    rng = random.Random(seed)
+    chosen = set()
+    for label in (0, 1):
+        members = sorted(p for p in train if labels[p] == label)
+        rng.shuffle(members)
+        take = max(1, round(VALIDATION_SHARE * len(members))) if len(members) > 1 else 0
+        chosen.update(members[:take])
+    return chosen
+
+
+def images_of(items: list[Item]) -> Callable[[], tf.data.Dataset]:
+    """Transform's output format for ``data.image_dataset``: (encoded image, int64 label)."""
+    encoded = [i.data for i in items]
+    labels = np.array([i.label for i in items], np.int64)
+    return lambda: tf.data.Dataset.from_tensor_slices((encoded, labels))
+
+
+@dataclasses.dataclass
+class Fold:
+    train: list[Item]
+    validation: list[Item]
+    test: list[Item]
+
+
+def folds_of(items: list[Item], k: int, seed: int) -> list[Fold]:
+    labels = patient_labels(items)
+    group = deal(sorted(labels), labels, k, seed)
+    folds = []
+    for j in range(k):
+        train_patients = sorted(p for p in labels if group[p] != j)
+        validation = validation_patients(train_patients, labels, seed * 100 + j)
+        folds.append(
+            Fold(
+                train=[i for i in items if group[i.patient] != j and i.patient not in validation],
+                validation=[i for i in items if i.patient in validation],
+                test=[i for i in items if group[i.patient] == j],
+            )
+        )
     return folds
 
 
-def image_folds(groups: dict[str, tuple], k: int) -> list[list[str]]:
-    """Folds of the leaky control: fold j holds every patient's j-th share of images."""
-    return [[g for g in groups if g.endswith(f"#{j}")] for j in range(k)]
+@dataclasses.dataclass
+class Scores:
+    """One arm on one fold: test labels, patients, calibrated probabilities, threshold."""
+
+    labels: list[int]
+    patients: list[str]
+    probabilities: list[float]
+    threshold: float
 
 
-def accuracy(labels: Sequence[int], scores: Sequence[float]) -> float:
-    return float(np.mean((np.asarray(scores) >= 0.5) == np.asarray(labels)))
+# --------------------------------------------------------------------------- arms
 
 
-def train_and_score(
-    train_files: list[str], test_files: list[str], hp: dict, image_size: int
-) -> tuple[list[int], list[float], str]:
-    """One arm on one fold, exactly the Trainer's recipe minus validation-driven callbacks."""
+class FeatureBank:
+    """Frozen features per backbone and image: whole-image squeezed, and the recipe's own."""
+
+    def __init__(self, size: int, max_tiles: int):
+        self.size, self.max_tiles = size, max_tiles
+        self.recipe_cache: dict[str, dict[str, np.ndarray]] = {}
+        self._whole: dict[str, dict[str, np.ndarray]] = {}
+        self._networks: dict[str, tf.keras.Model] = {}
+
+    def network(self, backbone: str) -> tf.keras.Model:
+        if backbone not in self._networks:
+            hp = trainer_module.hyperparameters({"backbone": backbone})
+            model, _ = recipe.build(hp)
+            self._networks[backbone] = recipe.features_model(model)
+        return self._networks[backbone]
+
+    def cache(self, backbone: str, views: bool) -> dict[str, np.ndarray]:
+        return self.recipe_cache.setdefault(f"{backbone}/views={views}", {})
+
+    def whole(self, backbone: str, items: list[Item]) -> np.ndarray:
+        """[n, D] features of each whole image resized to one tile (the probe's input)."""
+        network, cache = self.network(backbone), self._whole.setdefault(backbone, {})
+        for item in items:
+            if item.path not in cache:
+                image = image_tiles.decode(tf.constant(item.data))
+                square = tf.image.resize(image, [self.size, self.size], antialias=True)
+                square = tf.clip_by_value(square, 0.0, 1.0)[tf.newaxis]
+                cache[item.path] = network(square, training=False).numpy()[0]
+        return np.stack([cache[i.path] for i in items])
+
+    def tiles(self, backbone: str, items: list[Item]) -> np.ndarray:
+        """[n, D] the recipe's features (mean over every view of every tile)."""
+        features, _ = recipe.image_features(
+            self.network(backbone),
+            images_of(items)(),
+            self.size,
+            self.max_tiles,
+            self.cache(backbone, True),
+        )
+        return features
+
+
+def probe_scores(fold: Fold, features: Callable[[list[Item]], np.ndarray]) -> Scores:
+    """Standardised logistic regression (the floor); threshold from the validation split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(
+        StandardScaler(),
+        LogisticRegression(C=PROBE_C, class_weight="balanced", max_iter=5000),
+    )
+    probe.fit(features(fold.train), [i.label for i in fold.train])
+    validation_p = probe.predict_proba(features(fold.validation))[:, 1]
+    threshold = recipe.pick_threshold(validation_p, np.array([i.label for i in fold.validation]))
+    test_p = probe.predict_proba(features(fold.test))[:, 1]
+    return Scores(
+        [i.label for i in fold.test], [i.patient for i in fold.test], test_p.tolist(), threshold
+    )
+
+
+def recipe_scores(fold: Fold, hp: dict, cache: dict, check_graph: bool) -> Scores:
+    """``recipe.train`` as ``run_fn`` calls it; the test fold scored from the same features."""
     tf.keras.backend.clear_session()
     tf.keras.utils.set_random_seed(int(hp["seed"]))
-    spec = SpecOf(image_size)
-    counts = data.count_labels(train_files, spec)
-    n_train, batch_size, seed = sum(counts), int(hp["batch_size"]), int(hp["seed"])
-    train_ds = data.make_dataset(train_files, spec, batch_size, True, n_train, seed)
-    model, backbone = trainer_module.build_model(hp)
-    trainer_module.fit_two_phases(
-        model,
-        backbone.model,
-        hp,
-        tf.distribute.get_strategy(),
-        lambda phase: [],
-        x=train_ds,
-        steps_per_epoch=math.ceil(n_train / batch_size),
-        class_weight=trainer_module.class_weights(counts),
-        verbose=0,
+    trained = recipe.train(
+        images_of(fold.train), images_of(fold.validation), hp, feature_cache=cache
     )
-    labels, scores = [], []
-    for x, y in data.make_dataset(test_files, spec, batch_size, False, 1, seed):
-        scores.extend(model(x, training=False).numpy().reshape(-1).tolist())
-        labels.extend(y.numpy().astype(int).tolist())
-    return labels, scores, backbone.weights_source
+    network = recipe.features_model(trained.model)
+    size, max_tiles = int(hp["image_size"]), int(hp["max_tiles"])
+    features, _ = recipe.image_features(network, images_of(fold.test)(), size, max_tiles, cache)
+    logits = recipe.head_logits(trained.model, features)
+    if check_graph:  # the exported graph's path gives the same logits
+        tile_logit = recipe.logit_model(trained.model)
+        for item, expected in list(zip(fold.test, logits, strict=True))[:3]:
+            got = float(recipe.image_logit(tile_logit, tf.constant(item.data), size, max_tiles))
+            assert abs(got - expected) < 1e-3 * max(1.0, abs(expected)), (item.path, got, expected)
+    probabilities = recipe.probability(logits, trained.calibration).numpy()
+    return Scores(
+        [i.label for i in fold.test],
+        [i.patient for i in fold.test],
+        probabilities.tolist(),
+        trained.calibration.threshold,
+    )
 
 
-def summarize(per_fold: list[tuple[list[int], list[float]]]) -> dict:
-    labels = [v for fold_labels, _ in per_fold for v in fold_labels]
-    scores = [v for _, fold_scores in per_fold for v in fold_scores]
-    fold_auc = [roc_auc(lab, sco) for lab, sco in per_fold]
-    fold_acc = [accuracy(lab, sco) for lab, sco in per_fold]
-    defined = [a for a in fold_auc if not math.isnan(a)]
-    return {
-        "pooled_auc": roc_auc(labels, scores),
-        "pooled_acc": accuracy(labels, scores),
-        "fold_auc": fold_auc,
-        "fold_acc": fold_acc,
-        "fold_auc_mean": statistics.mean(defined) if defined else float("nan"),
-        "fold_auc_sd": statistics.stdev(defined) if len(defined) > 1 else float("nan"),
-        "fold_acc_mean": statistics.mean(fold_acc),
-        "fold_acc_sd": statistics.stdev(fold_acc) if len(fold_acc) > 1 else float("nan"),
-        "images": len(labels),
+def no_views(function: Callable) -> Callable:
+    """``image_tiles.views`` replaced by the identity while ``function`` runs (a variant)."""
+
+    def run(*args, **kwargs):
+        original = image_tiles.views
+        image_tiles.views = lambda tiles: tiles
+        try:
+            return function(*args, **kwargs)
+        finally:
+            image_tiles.views = original
+
+    return run
+
+
+def arm_runner(arm: str, bank: FeatureBank, seed: int) -> Callable[[Fold, bool], Scores]:
+    default = trainer_module.DEFAULTS["backbone"]
+    if arm == "probe":
+        return lambda fold, first: probe_scores(fold, lambda items: bank.whole(default, items))
+    if arm == "probe-tiles":
+        return lambda fold, first: probe_scores(fold, lambda items: bank.tiles(default, items))
+    settings = dict(ARM_SETTINGS[arm])
+    views = not settings.pop("no_views", False)
+    hp = trainer_module.hyperparameters({**settings, "seed": seed})
+    fine_tuned = int(hp["epochs_fine_tune"]) > 0
+    cache = None if fine_tuned else bank.cache(hp["backbone"], views)
+
+    def run(fold: Fold, first: bool) -> Scores:
+        return recipe_scores(fold, hp, cache, first)
+
+    return run if views else no_views(run)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def summarize(per_seed: list[list[Scores]]) -> dict:
+    """Pooled out-of-fold figures per seed, then mean and sd over seeds."""
+    pooled: dict[str, list[float]] = {}
+    fold_auc = []
+    for folds in per_seed:
+        labels = [v for s in folds for v in s.labels]
+        probs = [v for s in folds for v in s.probabilities]
+        fold_auc.extend(roc_auc(s.labels, s.probabilities) for s in folds)
+        called = [float(p >= s.threshold) for s in folds for p in s.probabilities]
+        point = operating_point(labels, called, 0.5)
+        by_patient: dict[str, list] = {}
+        for s in folds:
+            for label, patient, p in zip(s.labels, s.patients, s.probabilities, strict=True):
+                by_patient.setdefault(patient, [label, []])[1].append(p)
+        figures = {
+            "image_auc": roc_auc(labels, probs),
+            "patient_auc": roc_auc(
+                [v[0] for v in by_patient.values()], [np.mean(v[1]) for v in by_patient.values()]
+            ),
+            **point,
+            "ece": expected_calibration_error(labels, probs),
+        }
+        for name, value in figures.items():
+            pooled.setdefault(name, []).append(value)
+    defined = [a for a in fold_auc if a == a]
+    out = {
+        name: {
+            "mean": statistics.mean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "per_seed": values,
+        }
+        for name, values in pooled.items()
     }
+    out["fold_auc"] = {
+        "mean": statistics.mean(defined),
+        "sd": statistics.stdev(defined) if len(defined) > 1 else 0.0,
+        "per_fold": fold_auc,
+    }
+    return out
 
 
-def run_arm(arm: str, hp: dict, groups: dict, folds: list[list[str]], image_size: int):
-    """Every fold of one arm: (per-fold (labels, scores), the backbone's weights source)."""
-    per_fold, source = [], ""
-    for index, fold in enumerate(folds):
-        train = [groups[g][0] for g in groups if g not in fold]
-        test = [groups[g][0] for g in fold]
-        fold_started = time.perf_counter()
-        labels, scores, source = train_and_score(train, test, hp, image_size)
-        per_fold.append((labels, scores))
-        seconds = time.perf_counter() - fold_started
-        print(
-            f"{arm} fold {index}: n={len(labels)} auc={roc_auc(labels, scores):.3f} "
-            f"acc={accuracy(labels, scores):.3f} ({seconds:.0f} s)",
-            flush=True,
-        )
-    return per_fold, source
-
-
-def print_report(args: argparse.Namespace, results: dict, sources: dict, seconds: float) -> None:
-    hp = trainer_module.DEFAULTS
+def print_table(results: dict, seconds: dict, header: str) -> None:
+    print("\n" + header)
     print(
-        f"\nBreakHis crops, {args.image_size} px, {args.folds}-fold CV; MobileNetV2, epochs "
-        f"head {args.epochs_head} + fine-tune {args.epochs_fine_tune} (top "
-        f"{hp['fine_tune_fraction']:.0%} of layers, BatchNorm frozen), batch {args.batch_size}, "
-        f"lr {hp['learning_rate']} / {hp['fine_tune_learning_rate']}, augmentation + class "
-        f"weights on, no early stopping; {seconds:.0f} s on {os.cpu_count()} CPUs"
+        f"{'arm':<20} | {'image AUC':>13} | {'fold AUC':>13} | {'patient AUC':>13} | "
+        f"{'bal. acc':>13} | {'sens':>5} | {'spec':>5} | {'ECE':>5} | {'s':>5}"
     )
-    print(
-        "split                 | arm      | pooled AUC | pooled acc | fold AUC mean (sd) "
-        "| fold acc mean (sd)"
-    )
-    for (split, arm), r in results.items():
-        print(
-            f"{SPLITS[split]:<21} | {arm:<8} | {r['pooled_auc']:>10.3f} | "
-            f"{r['pooled_acc']:>10.3f} | {r['fold_auc_mean']:>6.3f} ({r['fold_auc_sd']:.3f})    "
-            f" | {r['fold_acc_mean']:>6.3f} ({r['fold_acc_sd']:.3f})"
-        )
-    for (split, arm), r in results.items():
-        print(
-            f"{split}/{arm} per fold AUC {[round(a, 3) for a in r['fold_auc']]} "
-            f"acc {[round(a, 3) for a in r['fold_acc']]}"
-        )
-    for arm, source in sources.items():
-        print(f"{arm} weights: {source}")
+    for arm, r in results.items():
 
+        def ms(name: str, r: dict = r) -> str:
+            return f"{r[name]['mean']:.3f} ± {r[name]['sd']:.3f}"
 
-def split_data(split: str, work: str, args: argparse.Namespace) -> tuple[dict, list[list[str]]]:
-    """(groups, folds) of one split, records written under work/split."""
-    output = os.path.join(work, split)
-    if split == "patient":
-        groups = write_group_records(args.data, output, args.image_size, patient_key)
-        return groups, grouped_folds(groups, args.folds)
-    groups = write_group_records(args.data, output, args.image_size, image_key(args.folds))
-    return groups, image_folds(groups, args.folds)
+        print(
+            f"{arm:<20} | {ms('image_auc'):>13} | {ms('fold_auc'):>13} | "
+            f"{ms('patient_auc'):>13} | {ms('balanced_accuracy'):>13} | "
+            f"{r['sensitivity']['mean']:>5.3f} | {r['specificity']['mean']:>5.3f} | "
+            f"{r['ece']['mean']:>5.3f} | {seconds[arm]:>5.0f}"
+        )
+    if "probe" in results:
+        floor = results["probe"]["image_auc"]["mean"]
+        for arm, r in results.items():
+            if arm != "probe":
+                print(f"{arm}: {r['image_auc']['mean'] - floor:+.3f} image AUC over the probe")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=DEFAULT_DATA)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--folds", type=int, default=4)
-    parser.add_argument("--epochs-head", type=int, default=trainer_module.DEFAULTS["epochs_head"])
-    parser.add_argument(
-        "--epochs-fine-tune", type=int, default=trainer_module.DEFAULTS["epochs_fine_tune"]
-    )
-    parser.add_argument("--batch-size", type=int, default=trainer_module.DEFAULTS["batch_size"])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument(
-        "--splits",
-        nargs="+",
-        default=["patient"],
-        choices=list(SPLITS),
-        help="'image' adds the patient-leaky control",
-    )
+    parser.add_argument("--data", nargs="+", default=DEFAULT_DATA, help="image trees")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(FULL_ARMS))
+    parser.add_argument("--quick", action="store_true", help="1 seed, probe and recipe only")
+    parser.add_argument("--patient-rule", default=patients.configured_rule())
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="JSON results")
     args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.arms = args.seeds[:1], [a for a in args.arms if a in QUICK_ARMS]
+    missing = [root for root in args.data if not os.path.isdir(root)]
+    if missing:
+        raise SystemExit(
+            f"no image folder at {missing}: pass --data (the shared sets live in "
+            f"../shared/data, see its README)"
+        )
 
     started = time.perf_counter()
-    results, sources = {}, {}
-    with tempfile.TemporaryDirectory() as work:
-        for split in args.splits:
-            groups, folds = split_data(split, work, args)
-            images = sum(n for *_, n in groups.values())
-            print(f"{SPLITS[split]}: {images} images, {len(groups)} groups")
-            for index, fold in enumerate(folds):
-                named = ", ".join(f"{g}({features.LABEL_NAMES[groups[g][1]][0]})" for g in fold)
-                print(f"  fold {index}: {named}")
-            for arm in args.arms:
-                hp = trainer_module.hyperparameters(
-                    {
-                        "image_size": args.image_size,
-                        "weights": ARMS[arm],
-                        "batch_size": args.batch_size,
-                        "epochs_head": args.epochs_head,
-                        "epochs_fine_tune": args.epochs_fine_tune,
-                    }
+    items = load_items(args.data, patients.validate_rule(args.patient_rule))
+    labels = patient_labels(items)
+    print(
+        f"{len(items)} images ({sum(i.label for i in items)} malignant) of {len(labels)} "
+        f"patients ({sum(labels.values())} malignant); {args.folds} folds x seeds {args.seeds}"
+    )
+    defaults = trainer_module.DEFAULTS
+    bank = FeatureBank(int(defaults["image_size"]), int(defaults["max_tiles"]))
+    results, seconds = {}, {}
+    for arm in args.arms:
+        arm_started = time.perf_counter()
+        per_seed = []
+        for seed in args.seeds:
+            run = arm_runner(arm, bank, seed)
+            scores = []
+            for index, fold in enumerate(folds_of(items, args.folds, seed)):
+                scores.append(run(fold, index == 0))
+                s = scores[-1]
+                print(
+                    f"{arm} seed {seed} fold {index}: test {len(s.labels)} images, "
+                    f"AUC {roc_auc(s.labels, s.probabilities):.3f}, threshold {s.threshold:.2f}"
+                    f" ({time.perf_counter() - arm_started:.0f} s)",
+                    flush=True,
                 )
-                per_fold, sources[arm] = run_arm(arm, hp, groups, folds, args.image_size)
-                results[(split, arm)] = summarize(per_fold)
-    print_report(args, results, sources, time.perf_counter() - started)
+            per_seed.append(scores)
+        results[arm] = summarize(per_seed)
+        seconds[arm] = time.perf_counter() - arm_started
+    header = (
+        f"{len(items)} images, {len(labels)} patients, patient-grouped stratified "
+        f"{args.folds}-fold x {len(args.seeds)} seeds, {os.cpu_count()} CPUs, "
+        f"{time.perf_counter() - started:.0f} s; pooled out-of-fold figures, mean ± sd over "
+        f"seeds; s = the arm's wall time (the first arm of a backbone computes its features)"
+    )
+    print_table(results, seconds, header)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    partial = args.output + ".partial"
+    with open(partial, "w") as f:
+        json.dump(
+            {
+                "data": args.data,
+                "images": len(items),
+                "patients": len(labels),
+                "folds": args.folds,
+                "seeds": args.seeds,
+                "cpus": os.cpu_count(),
+                "trainer_defaults": defaults,
+                "seconds": seconds,
+                "results": results,
+            },
+            f,
+            indent=2,
+            default=str,
+        )
+    os.replace(partial, args.output)
+    print(f"results: {args.output}")
 
 
 if __name__ == "__main__":

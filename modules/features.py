@@ -32,13 +32,14 @@ TEST_SPLIT = "test"
 SPLITS: tuple[str, ...] = (TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT)
 
 # Features produced by the Transform module file.
-TRANSFORMED_IMAGE_KEY = "image_xf"  # float32 [H, W, 3] in [0, 1] at the training size
+TRANSFORMED_IMAGE_KEY = "image_xf"  # encoded image bytes (the model decodes and tiles)
 TRANSFORMED_LABEL_KEY = "label_xf"  # int64 0/1
 
 # Serving outputs.
 PROBABILITY_OUTPUT = "probability"  # malignant probability
 CLASS_OUTPUT = "class_id"
 CLASS_NAME_OUTPUT = "class_name"
+THRESHOLD_OUTPUT = "threshold"  # the model's operating threshold, so clients can aggregate
 
 # Default training-time image side; configs may override it per pipeline.
 DEFAULT_IMAGE_SIZE = 224

@@ -16,3 +16,37 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
         return float("nan")
     ranks = rankdata(scores)
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def expected_calibration_error(
+    labels: Sequence[int], probabilities: Sequence[float], bins: int = 10
+) -> float:
+    """Sum over equal-width probability bins of (share of images) * |mean p - fraction
+    positive|: the report's definition (components/eval_report/derive.py), on raw numbers."""
+    labels = np.asarray(labels, dtype=np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if not len(labels):
+        return float("nan")
+    index = np.minimum((probabilities * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            gap = abs(probabilities[members].mean() - labels[members].mean())
+            total += members.mean() * gap
+    return float(total)
+
+
+def operating_point(
+    labels: Sequence[int], probabilities: Sequence[float], threshold: float
+) -> dict[str, float]:
+    """Sensitivity, specificity and balanced accuracy of calling p >= threshold malignant."""
+    labels = np.asarray(labels).astype(bool)
+    called = np.asarray(probabilities, dtype=np.float64) >= threshold
+    sensitivity = float(called[labels].mean()) if labels.any() else float("nan")
+    specificity = float((~called[~labels]).mean()) if (~labels).any() else float("nan")
+    return {
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "balanced_accuracy": (sensitivity + specificity) / 2,
+    }

@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from modules import features
+from modules.trainer.trainer_module import DEFAULTS as TRAINER_DEFAULTS
 from preprocessing import beam_runner, patients
 
 
@@ -33,25 +34,30 @@ TRANSFORM_MODULE = "modules.transform.transform_module"
 TRAINER_MODULE = _env("HISTO_TRAINER_MODULE", "modules.trainer.trainer_module")
 TUNER_MODULE = "modules.tuner.tuner_module"
 
-# Image size used by Transform (decode + resize) and by the Trainer's model input.
+# Tile side in pixels: the model's input; images are cut into tiles of about this size.
 IMAGE_SIZE = _env_int("HISTO_IMAGE_SIZE", features.DEFAULT_IMAGE_SIZE)
 
-# Trainer settings.
-BACKBONE = _env("HISTO_BACKBONE", "mobilenet_v2")
-WEIGHTS = _env("HISTO_WEIGHTS", "auto")  # auto | imagenet | offline | random | /path/to/file.h5
-TRAIN_NUM_STEPS = _env_int("HISTO_TRAIN_STEPS", 200)
+# Trainer settings (modules/trainer/recipe.py): defaults are the recipe's measured winner,
+# declared once in trainer_module.DEFAULTS; each HISTO_* variable overrides one.
+BACKBONE = _env("HISTO_BACKBONE", TRAINER_DEFAULTS["backbone"])
+WEIGHTS = _env("HISTO_WEIGHTS", TRAINER_DEFAULTS["weights"])  # auto|imagenet|offline|random|path
+MAX_TILES = _env_int("HISTO_MAX_TILES", TRAINER_DEFAULTS["max_tiles"])
+TRAIN_NUM_STEPS = _env_int("HISTO_TRAIN_STEPS", 200)  # caps fine-tuning steps, all epochs
 EVAL_NUM_STEPS = _env_int("HISTO_EVAL_STEPS", 20)
-TRAIN_BATCH_SIZE = _env_int("HISTO_BATCH_SIZE", 16)
-EPOCHS_HEAD = _env_int("HISTO_EPOCHS_HEAD", 4)
-EPOCHS_FINE_TUNE = _env_int("HISTO_EPOCHS_FINE_TUNE", 2)
-LEARNING_RATE = _env_float("HISTO_LEARNING_RATE", 1e-3)
-FINE_TUNE_LEARNING_RATE = _env_float("HISTO_FINE_TUNE_LEARNING_RATE", 1e-4)
-FINE_TUNE_FRACTION = _env_float("HISTO_FINE_TUNE_FRACTION", 0.3)
-DROPOUT = _env_float("HISTO_DROPOUT", 0.3)
-SEED = _env_int("HISTO_SEED", 42)
+TRAIN_BATCH_SIZE = _env_int("HISTO_BATCH_SIZE", TRAINER_DEFAULTS["batch_size"])
+EPOCHS_HEAD = _env_int("HISTO_EPOCHS_HEAD", TRAINER_DEFAULTS["epochs_head"])
+EPOCHS_FINE_TUNE = _env_int("HISTO_EPOCHS_FINE_TUNE", TRAINER_DEFAULTS["epochs_fine_tune"])
+LEARNING_RATE = _env_float("HISTO_LEARNING_RATE", TRAINER_DEFAULTS["learning_rate"])
+FINE_TUNE_LEARNING_RATE = _env_float(
+    "HISTO_FINE_TUNE_LEARNING_RATE", TRAINER_DEFAULTS["fine_tune_learning_rate"]
+)
+FINE_TUNE_FRACTION = _env_float("HISTO_FINE_TUNE_FRACTION", TRAINER_DEFAULTS["fine_tune_fraction"])
+DROPOUT = _env_float("HISTO_DROPOUT", TRAINER_DEFAULTS["dropout"])
+HEAD_L2 = _env_float("HISTO_HEAD_L2", TRAINER_DEFAULTS["head_l2"])
+SEED = _env_int("HISTO_SEED", TRAINER_DEFAULTS["seed"])
 
 # Optional Tuner between Transform and Trainer (off: each trial costs about one training).
-# Its best learning rate, dropout and fine-tune fraction override the settings above.
+# Its best head L2 and dropout override the settings above.
 ENABLE_TUNER = _env("HISTO_ENABLE_TUNER", "false").strip().lower() in ("1", "true", "yes", "on")
 TUNER_TRIALS = _env_int("HISTO_TUNER_TRIALS", 4)
 
@@ -115,6 +121,8 @@ def trainer_config() -> dict[str, Any]:
         "fine_tune_learning_rate": FINE_TUNE_LEARNING_RATE,
         "fine_tune_fraction": FINE_TUNE_FRACTION,
         "dropout": DROPOUT,
+        "head_l2": HEAD_L2,
+        "max_tiles": MAX_TILES,
         "seed": SEED,
     }
 

@@ -22,7 +22,7 @@ from components.patient_leakage_gate import PatientLeakageGate
 from components.pusher import dedup_executor
 from components.tflite_export.component import TFLiteExport, TFLitePusher
 from modules import features
-from modules.trainer.export import DECISION_THRESHOLD
+from modules.trainer import recipe
 from preprocessing import patients
 
 
@@ -44,12 +44,16 @@ def _module_kwargs(module: str, function_arg: str, function_name: str) -> dict[s
 
 
 def _report_metrics() -> list[tfma.MetricConfig]:
-    """What the evaluation report reads back from TFMA (components/eval_report)."""
-    threshold = f'"thresholds": [{DECISION_THRESHOLD}]'
+    """What the evaluation report reads back from TFMA (components/eval_report).
+
+    Confusion matrices on the grid that every model's own operating threshold is chosen
+    from (recipe.THRESHOLD_GRID), so the report reads the model's operating point exactly.
+    """
+    grid = ", ".join(f"{t:.2f}" for t in recipe.THRESHOLD_GRID)
     return [
-        tfma.MetricConfig(class_name="Recall", config=f'"name": "sensitivity", {threshold}'),
-        tfma.MetricConfig(class_name="Specificity", config=f'"name": "specificity", {threshold}'),
-        tfma.MetricConfig(class_name="ConfusionMatrixAtThresholds", config=threshold),
+        tfma.MetricConfig(
+            class_name="ConfusionMatrixAtThresholds", config=f'"thresholds": [{grid}]'
+        ),
         tfma.MetricConfig(class_name="MeanLabel"),
         tfma.MetricConfig(class_name="MeanPrediction"),
         tfma.MetricConfig(class_name="ConfusionMatrixPlot"),  # ROC and PR curves
@@ -195,7 +199,6 @@ def create_pipeline(
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
-        custom_config={"image_size": image_size},
         **_module_kwargs(transform_module, "preprocessing_fn", "preprocessing_fn"),
     )
     # Data gates must pass before any expensive work starts.

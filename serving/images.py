@@ -1,6 +1,6 @@
 """Client-side checks of image files before they are sent to the model.
 
-The model decodes PNG/JPEG bytes itself and resizes any size to its training size, so a
+The model decodes PNG/JPEG bytes itself and cuts any size into its tiles, so a
 valid RGB PNG or JPEG is sent as is. Everything else is either repaired or refused:
 
 - empty, unreadable, not an image, truncated or corrupt: refused with the reason;
@@ -11,7 +11,6 @@ valid RGB PNG or JPEG is sent as is. Everything else is either repaired or refus
   (noted in the answer; a grayscale tile has lost its stain colours, so treat its answer
   with care);
 - other formats PIL reads (TIFF, WebP, ...): re-encoded as PNG, which the model decodes;
-- non-square: accepted and noted: the model squeezes it to a square like in training.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from PIL import Image, UnidentifiedImageError
 
 MIN_SIDE = 32
 SENT_AS_IS = {"PNG", "JPEG"}
-ELONGATED = 1.5  # width/height ratio beyond which squeezing to a square is worth a note
 
 
 class BadImageError(ValueError):
@@ -84,8 +82,6 @@ def prepare(path: str, min_side: int = MIN_SIDE) -> Prepared:
             f"image too small: {width}x{height} px, needs at least {min_side} px per side"
         )
     notes = []
-    if max(width, height) / min(width, height) > ELONGATED:
-        notes.append(f"non-square {width}x{height}: squeezed to a square by the model")
     if image.format in SENT_AS_IS and image.mode == "RGB":
         return Prepared(path, data, (width, height), notes)
     if image.mode != "RGB":

@@ -3,7 +3,10 @@
     python -m serving.predict a.png b.jpg --model-dir outputs/serving_model/NAME/VERSION
     python -m serving.predict a.png --url http://localhost:8501/v1/models/NAME
 
-Prints one JSON document: per file either the probability, class and notes, or an error.
+Prints one JSON document: per file either the probability, class and notes, or an error;
+then per patient the mean probability of its answered images, called at the model's own
+threshold. A file's patient is ``--patient`` if given, else the one its name carries
+(BreakHis, IDC; grouped by ``--patient-rule``), else its folder's name.
 Bad files never stop the others. Both modes build the same TF Serving REST body and check
 it against the model's ``predict_image`` signature; the local mode then feeds it to the
 SavedModel the way TF Serving would. Exit status: 0 all answered, 1 some files failed,
@@ -14,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Protocol
 
+from modules import features
+from preprocessing import layouts, patients
 from serving import images, rest
 
 BATCH = 16
@@ -75,11 +81,46 @@ class RestBackend:
 
 
 def _answer(prediction: dict[str, Any]) -> dict[str, Any]:
-    return {
+    answer = {
         "probability_malignant": float(prediction["probability"]),
         "class_id": prediction.get("class_id"),
         "class_name": prediction.get("class_name"),
     }
+    if prediction.get(features.THRESHOLD_OUTPUT) is not None:
+        answer["threshold"] = float(prediction[features.THRESHOLD_OUTPUT])
+    return answer
+
+
+def patient_of_file(path: str, rule: str = patients.DEFAULT_RULE) -> str:
+    """The patient a file's name carries (BreakHis, IDC), else the name of its folder."""
+    name = os.path.basename(path)
+    try:
+        slide = layouts.parse_path(name)["patient_id"]
+    except (layouts.LayoutError, KeyError, ValueError):
+        return os.path.basename(os.path.dirname(os.path.abspath(path))) or name
+    return patients.patient_of(slide, rule)
+
+
+def patient_answers(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One answer per patient: the mean probability of its answered images, called at the
+    model's threshold (the report's patient-level rule)."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        grouped.setdefault(result["patient_id"], []).append(result)
+    answers = []
+    for patient, members in sorted(grouped.items()):
+        answered = [m for m in members if "probability_malignant" in m]
+        row: dict[str, Any] = {"patient_id": patient, "images": len(members)}
+        row["answered"] = len(answered)
+        if answered:
+            mean = sum(m["probability_malignant"] for m in answered) / len(answered)
+            row["probability_malignant"] = mean
+            threshold = answered[0].get("threshold")
+            if threshold is not None:
+                row["threshold"] = threshold
+                row["class_name"] = features.LABEL_NAMES[int(mean >= threshold)]
+        answers.append(row)
+    return answers
 
 
 def _ask(backend: Backend, info: rest.SignatureInfo, batch: list[images.Prepared]) -> list[dict]:
@@ -96,11 +137,20 @@ def _ask(backend: Backend, info: rest.SignatureInfo, batch: list[images.Prepared
     return [_ask(backend, info, [p])[0] for p in batch]
 
 
-def predict_files(paths: list[str], backend: Backend, min_side: int = images.MIN_SIDE) -> dict:
+def predict_files(
+    paths: list[str],
+    backend: Backend,
+    min_side: int = images.MIN_SIDE,
+    patient: str | None = None,
+    patient_rule: str = patients.DEFAULT_RULE,
+) -> dict:
     """The JSON document the CLI prints, for any backend."""
     info = backend.signature()
     rest.check_signature(info)
-    results: list[dict[str, Any]] = [{"file": path} for path in paths]
+    results: list[dict[str, Any]] = [
+        {"file": path, "patient_id": patient or patient_of_file(path, patient_rule)}
+        for path in paths
+    ]
     ready: list[tuple[int, images.Prepared]] = []
     for index, path in enumerate(paths):
         try:
@@ -116,7 +166,12 @@ def predict_files(paths: list[str], backend: Backend, min_side: int = images.MIN
             chunk, _ask(backend, info, [p for _, p in chunk]), strict=True
         ):
             results[index].update(answer)
-    return {"model": backend.target, "signature": info.name, "results": results}
+    return {
+        "model": backend.target,
+        "signature": info.name,
+        "results": results,
+        "patients": patient_answers(results),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signature", default=rest.SIGNATURE)
     parser.add_argument("--min-side", type=int, default=images.MIN_SIDE, help="pixels")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument("--patient", help="all images are of this one patient")
+    parser.add_argument(
+        "--patient-rule",
+        default=patients.configured_rule(),
+        help="how slide ids in file names group into patients (preprocessing/patients.py)",
+    )
     args = parser.parse_args(argv)
     try:
         backend: Backend = (
@@ -135,7 +196,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.model_dir
             else RestBackend(args.url, args.signature, args.timeout)
         )
-        document = predict_files(args.images, backend, args.min_side)
+        document = predict_files(
+            args.images,
+            backend,
+            args.min_side,
+            args.patient,
+            patients.validate_rule(args.patient_rule),
+        )
     except (rest.SignatureMismatchError, OSError) as error:
         print(json.dumps({"error": f"cannot use the model: {error}"}), file=sys.stderr)
         return 2

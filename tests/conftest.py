@@ -6,12 +6,24 @@ import pytest
 
 from histo_testlib import BREAKHIS_CROPS, FAST_BEAM_ARGS, run_pipeline
 
+BREAKHIS_SETS = ("breakhis-100x", "breakhis-crops")
+
 
 @pytest.fixture(scope="session")
 def breakhis_crops() -> str:
     if not os.path.isdir(BREAKHIS_CROPS):
         pytest.skip(f"real BreakHis crops not found at {os.path.abspath(BREAKHIS_CROPS)}")
     return os.path.abspath(BREAKHIS_CROPS)
+
+
+@pytest.fixture(scope="session")
+def breakhis_sets() -> list[str]:
+    """Both shared BreakHis folders (originals at 100X and crops), merged by the tests."""
+    roots = [os.path.abspath(os.path.join(BREAKHIS_CROPS, "..", name)) for name in BREAKHIS_SETS]
+    missing = [root for root in roots if not os.path.isdir(root)]
+    if missing:
+        pytest.skip(f"real BreakHis images not found at {missing}")
+    return roots
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,15 @@
-"""The real pipeline on the real BreakHis crops (skipped where ../shared is absent).
+"""The real pipeline, default recipe, on the real BreakHis images (skipped without ../shared).
 
-78 images of 13 patients are far too few to judge a classifier, so this checks that real
-slides with BreakHis metadata (subtypes, patient ids, no magnification) pass every gate,
-train, evaluate per slice and serve; quality is measured by benchmarks/breakhis_quality.py.
+Both shared sets merged (about 500 images of 30 patients), preprocessed with the default
+patient rule and stratified split, then the pipeline with the Trainer's default recipe
+(``modules/trainer/recipe``): it must pass every gate, be blessed, push, and its held-out
+test AUC (TFMA's, on patients it never saw) must clear a floor taken from the benchmark.
+
+The floor: ``benchmarks/breakhis_quality.py`` measured the recipe's per-fold image AUC at
+0.80 mean, 0.10 sd over 15 patient-disjoint folds (README, "Model quality"); a single
+test split of 6 patients is one such fold, so the floor is the mean minus two sd: 0.60.
+That is a floor against a broken recipe (the previous one scored 0.52 pooled), not a
+quality claim; the benchmark is where quality is measured.
 """
 
 import os
@@ -10,37 +17,63 @@ import os
 import pytest
 import tensorflow as tf
 
-from histo_testlib import ALL_NODES, FAST_BEAM_ARGS, node_states, run_pipeline
+from histo_testlib import ALL_NODES, FAST_BEAM_ARGS, node_states, run_pipeline, small_settings
 from modules import features
 from preprocessing import layouts
 from preprocessing.beam_job import preprocess
 
 pytestmark = pytest.mark.e2e
 
-# With 13 patients a pure hash split can leave a split without a class; this salt gives
-# every split both classes (train 7 patients, eval 2, test 4).
-RATIOS, SALT = (0.5, 0.25, 0.25), "a"
+HELD_OUT_AUC_FLOOR = 0.60
+RATIOS = (0.7, 0.15, 0.15)
 
 
-def test_pipeline_runs_on_real_breakhis_crops(breakhis_crops, tmp_path):
-    records, rejects = layouts.discover(breakhis_crops)
-    data = str(tmp_path / "data")
-    summary = preprocess(records, rejects, data, RATIOS, salt=SALT, beam_args=FAST_BEAM_ARGS)
+@pytest.fixture(scope="module")
+def breakhis_run(breakhis_sets, tmp_path_factory) -> dict:
+    records, rejects = [], []
+    for root in breakhis_sets:
+        found, skipped = layouts.discover(root)
+        records += found
+        rejects += skipped
+    root = tmp_path_factory.mktemp("breakhis")
+    data, output = str(root / "data"), str(root / "out")
+    summary = preprocess(records, rejects, data, RATIOS, beam_args=FAST_BEAM_ARGS)
+    # The default recipe and settings, except the tile size: the pipeline's own default.
+    defaults = small_settings()
+    result = run_pipeline(
+        data,
+        output,
+        image_size=features.DEFAULT_IMAGE_SIZE,
+        trainer_config={**defaults["trainer_config"], "epochs_fine_tune": 0},
+    )
+    return {"records": records, "summary": summary, "output": output, "result": result}
+
+
+def test_default_recipe_on_real_breakhis_is_blessed_above_the_floor(breakhis_run):
+    summary, result = breakhis_run["summary"], breakhis_run["result"]
     assert summary["warnings"] == []
-    output = str(tmp_path / "out")
-    result = run_pipeline(data, output, min_auc=0.0)
+    for split in features.SPLITS:  # both classes in every split (stratified by patient)
+        assert summary["splits"][split]["per_class"]["benign"] > 0, summary["splits"]
+        assert summary["splits"][split]["per_class"]["malignant"] > 0, summary["splits"]
     states = node_states(
-        os.path.join(output, "tfx", "metadata", "histopath-classifier", "metadata.db")
+        os.path.join(
+            breakhis_run["output"], "tfx", "metadata", "histopath-classifier", "metadata.db"
+        )
     )
     assert set(states) == ALL_NODES
     assert all(s[-1] == "COMPLETE" for s in states.values()), states
-    assert result["pushed"] is True
     assert result["metrics"]["example_count"] == summary["splits"]["test"]["images"]
+    assert result["metrics"]["auc"] >= HELD_OUT_AUC_FLOOR, result["metrics"]
+    assert result["blessed"] is True and result["pushed"] is True
 
-    crop = next(r for r in records if r.label == 1)
-    with open(crop.path, "rb") as f:
+
+def test_the_pushed_model_answers_a_native_700x460_image(breakhis_run):
+    record = next(r for r in breakhis_run["records"] if r.path.endswith(".jpg"))
+    with open(record.path, "rb") as f:
         image = f.read()
-    loaded = tf.saved_model.load(result["pushed_to"])
+    loaded = tf.saved_model.load(breakhis_run["result"]["pushed_to"])
     out = loaded.signatures["predict_image"](image_bytes=tf.constant([image]))
     probability = float(out[features.PROBABILITY_OUTPUT].numpy()[0])
-    assert 0.0 <= probability <= 1.0
+    threshold = float(out[features.THRESHOLD_OUTPUT].numpy()[0])
+    assert 0.0 <= probability <= 1.0 and 0.0 < threshold < 1.0
+    assert int(out[features.CLASS_OUTPUT].numpy()[0]) == int(probability >= threshold)

@@ -1,13 +1,15 @@
-"""The Trainer's pieces: class weights, freezing rules, inference-mode BatchNorm, the input
-pipeline (augmentation on training only), strategy / mixed precision and batch scaling.
+"""The Trainer's pieces: tiling, the recipe (head on cached features, calibration), freezing
+rules, inference-mode BatchNorm, the input over Transform's output, strategy / mixed
+precision, and the claim the export rests on: the mean of tile logits is the logit the
+head computes from the mean feature.
 
-Models are MobileNetV2 with random weights at 32 px, inputs are small gzipped TFRecords in
-Transform's output format, so the file runs in well under a minute on 2 cores.
+Models are MobileNetV2 with random weights at 32-px tiles, inputs are small gzipped
+TFRecords in Transform's output format (encoded PNG, label), so the file runs in about a
+minute on 2 cores.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import types
 
@@ -15,8 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules import features
-from modules.trainer import data, trainer_module
+from modules import features, image_tiles
+from modules.trainer import data, recipe, trainer_module
 from modules.trainer.model import unfreeze_top
 
 SIZE = 32  # the smallest input MobileNetV2 accepts
@@ -26,30 +28,25 @@ SIZE = 32  # the smallest input MobileNetV2 accepts
 
 
 class TransformOutputStandIn:
-    """The one thing ``data`` reads from a ``tft.TFTransformOutput``: the transformed spec.
-
-    It matches what ``transform_module.preprocessing_fn`` produces: a float image of the
-    training size and a scalar int64 label.
-    """
-
-    def __init__(self, size: int):
-        self.size = size
+    """The one thing ``data`` reads from a ``tft.TFTransformOutput``: the transformed spec,
+    as ``transform_module.preprocessing_fn`` produces it (encoded image, int64 label)."""
 
     def transformed_feature_spec(self) -> dict[str, tf.io.FixedLenFeature]:
         return {
-            features.TRANSFORMED_IMAGE_KEY: tf.io.FixedLenFeature(
-                [self.size, self.size, 3], tf.float32
-            ),
+            features.TRANSFORMED_IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
             features.TRANSFORMED_LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
         }
 
 
-def random_images(count: int, size: int = SIZE, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((count, size, size, 3), dtype=np.float32)
+def encoded_images(count: int, shape=(2 * SIZE, 3 * SIZE), seed: int = 0) -> list[bytes]:
+    """Random RGB PNGs; the default shape cuts into 2 x 3 tiles of SIZE."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (count, *shape, 3), dtype=np.uint8)
+    return [tf.io.encode_png(p).numpy() for p in pixels]
 
 
-def write_transformed_records(path: str, images: np.ndarray, labels: list[int]) -> str:
-    """Gzipped tf.Examples as Transform writes them: flat float image, int64 label."""
+def write_transformed_records(path: str, images: list[bytes], labels: list[int]) -> str:
+    """Gzipped tf.Examples as Transform writes them: encoded image, int64 label."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
         for image, label in zip(images, labels, strict=True):
@@ -57,7 +54,7 @@ def write_transformed_records(path: str, images: np.ndarray, labels: list[int]) 
                 features=tf.train.Features(
                     feature={
                         features.TRANSFORMED_IMAGE_KEY: tf.train.Feature(
-                            float_list=tf.train.FloatList(value=image.reshape(-1))
+                            bytes_list=tf.train.BytesList(value=[image])
                         ),
                         features.TRANSFORMED_LABEL_KEY: tf.train.Feature(
                             int64_list=tf.train.Int64List(value=[int(label)])
@@ -69,9 +66,9 @@ def write_transformed_records(path: str, images: np.ndarray, labels: list[int]) 
     return path
 
 
-def tiny_splits(root: str, size: int = SIZE, n_train: int = 12, n_eval: int = 6) -> dict:
+def tiny_splits(root: str, n_train: int = 12, n_eval: int = 6) -> dict:
     """Train/eval record folders (labels 2:1 in train) and the images that went in."""
-    train_images, eval_images = random_images(n_train, size, 1), random_images(n_eval, size, 2)
+    train_images, eval_images = encoded_images(n_train, seed=1), encoded_images(n_eval, seed=2)
     train_labels = [int(i % 3 == 0) for i in range(n_train)]
     eval_labels = [i % 2 for i in range(n_eval)]
     write_transformed_records(os.path.join(root, "train", "data.gz"), train_images, train_labels)
@@ -88,8 +85,12 @@ def tiny_splits(root: str, size: int = SIZE, n_train: int = 12, n_eval: int = 6)
 
 def tiny_settings(**overrides) -> dict:
     return trainer_module.hyperparameters(
-        {"image_size": SIZE, "weights": "random", "batch_size": 4, **overrides}
+        {"image_size": SIZE, "weights": "random", "batch_size": 4, "epochs_head": 5, **overrides}
     )
+
+
+def pairs(images: list[bytes], labels: list[int]):
+    return lambda: tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, np.int64)))
 
 
 @pytest.fixture(scope="module")
@@ -141,14 +142,10 @@ def test_hyperparameters_fill_defaults_and_reject_unknown_keys():
 
 
 def test_class_weights_are_balanced():
-    weights = trainer_module.class_weights([30, 10])
+    weights = recipe.class_weights(np.array([0] * 30 + [1] * 10))
     assert weights == pytest.approx({0: 40 / 60, 1: 40 / 20})
-    # Each class then weighs as much as the other, and the total is unchanged.
     assert 30 * weights[0] == pytest.approx(10 * weights[1]) == pytest.approx(20)
-
-
-def test_class_weights_ignore_an_absent_class():
-    assert trainer_module.class_weights([8, 0]) == {0: 1.0, 1: 0.0}
+    assert recipe.class_weights(np.zeros(8, int)) == {0: 1.0, 1: 0.0}
 
 
 def test_global_batch_size_scales_with_replicas():
@@ -157,13 +154,49 @@ def test_global_batch_size_scales_with_replicas():
     assert trainer_module.global_batch_size(16, 0) == 16
 
 
+def test_fine_tune_steps_keep_all_epochs_within_train_steps():
+    hp = tiny_settings(batch_size=4, epochs_fine_tune=3)
+    assert trainer_module.fine_tune_steps(10, hp, 1, None) == 15  # 60 tiles / 4
+    assert trainer_module.fine_tune_steps(10, hp, 1, 9) == 3  # 9 steps over 3 epochs
+    assert trainer_module.fine_tune_steps(10, hp, 2, None) == 8  # global batch 8
+
+
+# --------------------------------------------------------------------------- tiles
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "grid"),
+    [(460, 700, (2, 3)), (456, 700, (2, 3)), (224, 224, (1, 1)), (50, 50, (1, 1))],
+)
+def test_tile_grid_keeps_the_native_scale(height, width, grid):
+    rows, cols = image_tiles.tile_grid(height, width, 224, 12)
+    assert (int(rows), int(cols)) == grid
+
+
+def test_tile_grid_shrinks_huge_images_to_max_tiles():
+    for height, width in [(3000, 3000), (2000, 9000), (230, 20000)]:
+        rows, cols = image_tiles.tile_grid(height, width, 224, 12)
+        assert 1 <= int(rows) * int(cols) <= 12, (height, width, int(rows), int(cols))
+
+
+def test_tiles_are_the_resized_image_cut_row_major():
+    image = tf.random.uniform([2 * SIZE, 3 * SIZE, 3], seed=1)
+    tiles = image_tiles.to_tiles(image, SIZE, 12).numpy()
+    assert tiles.shape == (6, SIZE, SIZE, 3)
+    np.testing.assert_allclose(tiles[1], image.numpy()[:SIZE, SIZE : 2 * SIZE], atol=1e-5)
+    np.testing.assert_allclose(tiles[5], image.numpy()[SIZE:, 2 * SIZE :], atol=1e-5)
+    views = image_tiles.views(tf.constant(tiles)).numpy()
+    assert views.shape == (6 * image_tiles.VIEWS, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(views[6], tiles[0][:, ::-1])  # the mirror of tile 0
+
+
 # --------------------------------------------------------------------------- freezing
 
 
 @pytest.fixture(scope="module")
 def backbone_model() -> tf.keras.Model:
     tf.keras.utils.set_random_seed(0)
-    _, backbone = trainer_module.build_model(tiny_settings())
+    _, backbone = recipe.build(tiny_settings())
     return backbone.model
 
 
@@ -182,120 +215,119 @@ def test_unfreeze_top_trains_the_top_fraction_but_never_batchnorm(backbone_model
         assert 0 < trainable < sum(1 for layer in layers if layer.weights)
 
 
-def _fine_tune_step(model: tf.keras.Model) -> None:
-    images = tf.constant(random_images(4, seed=3) * 4.0)  # far from ImageNet statistics
-    model.train_on_batch(images, tf.constant([0.0, 1.0, 0.0, 1.0]))
-
-
 def test_fine_tuning_runs_the_backbone_in_inference_mode(weights_file):
     tf.keras.utils.set_random_seed(0)
-    model, backbone = trainer_module.build_model(tiny_settings(weights=weights_file))
+    model, backbone = recipe.build(tiny_settings(weights=weights_file))
     assert backbone.pretrained and not backbone.model.trainable
     unfreeze_top(backbone.model, 0.3)
-    trainer_module.compile_model(model, 1e-2)
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
     statistics = _moving_statistics(backbone.model)
     top_conv = [layer for layer in backbone.model.layers if layer.trainable and layer.weights][-1]
     kernel = top_conv.weights[0].numpy()
 
-    _fine_tune_step(model)
+    images = tf.random.uniform([4, SIZE, SIZE, 3], seed=3) * 4.0  # far from ImageNet statistics
+    model.train_on_batch(images, tf.constant([0.0, 1.0, 0.0, 1.0]))
 
     after = _moving_statistics(backbone.model)
     assert all(np.array_equal(a, b) for a, b in zip(statistics, after, strict=True))
     assert not np.array_equal(kernel, top_conv.weights[0].numpy())  # it did train
 
 
-def test_batchnorm_statistics_stay_even_if_batchnorm_were_trainable(weights_file):
-    """``build_classifier`` calls a pretrained backbone with training=False: even trainable
-    BatchNorm layers keep their moving statistics (Keras' transfer-learning rule)."""
-    tf.keras.utils.set_random_seed(0)
-    model, backbone = trainer_module.build_model(tiny_settings(weights=weights_file))
-    backbone.model.trainable = True  # BatchNorm included
-    trainer_module.compile_model(model, 1e-2)
-    statistics = _moving_statistics(backbone.model)
-    _fine_tune_step(model)
-    after = _moving_statistics(backbone.model)
-    assert all(np.array_equal(a, b) for a, b in zip(statistics, after, strict=True))
+# --------------------------------------------------------------------------- input
 
 
-def test_a_randomly_initialised_backbone_trains_whole_with_batch_statistics():
-    """Frozen random features are useless: from scratch, every layer and BatchNorm learn."""
-    tf.keras.utils.set_random_seed(0)
-    model, backbone = trainer_module.build_model(tiny_settings(weights="random"))
-    assert not backbone.pretrained and backbone.model.trainable
-    statistics = _moving_statistics(backbone.model)
-    _fine_tune_step(model)
-    after = _moving_statistics(backbone.model)
-    assert not all(np.array_equal(a, b) for a, b in zip(statistics, after, strict=True))
-
-
-# --------------------------------------------------------------------------- input pipeline
-
-
-def _images(dataset: tf.data.Dataset, batches: int) -> np.ndarray:
-    return np.concatenate(
-        [x[features.TRANSFORMED_IMAGE_KEY].numpy() for x, _ in dataset.take(batches)]
-    )
-
-
-def test_eval_dataset_is_one_deterministic_unaugmented_pass(splits):
-    spec = TransformOutputStandIn(SIZE)
-    dataset = data.make_dataset(splits["eval_files"], spec, 4, False, 6, seed=0)
-    first, second = _images(dataset, 100), _images(dataset, 100)
-    assert first.shape == (6, SIZE, SIZE, 3)
-    np.testing.assert_array_equal(first, second)
-    np.testing.assert_allclose(first, splits["eval_images"], atol=1e-7)
-    labels = np.concatenate([y.numpy() for _, y in dataset])
-    assert labels.tolist() == splits["eval_labels"]
-
-
-def test_training_dataset_is_augmented_repeated_and_keeps_shape_and_range(splits):
-    spec = TransformOutputStandIn(SIZE)
-    dataset = data.make_dataset(splits["train_files"], spec, 4, True, 12, seed=0)
-    first, second = _images(dataset, 6), _images(dataset, 6)  # 24 images: repeats past 12
-    assert first.shape == (24, SIZE, SIZE, 3) and first.dtype == np.float32
-    assert first.min() >= 0.0 and first.max() <= 1.0
-    assert not np.array_equal(first, second)
-    # No training image is an untouched original: the zoom alone resamples every pixel.
-    originals = splits["train_images"].reshape(len(splits["train_images"]), -1)
-    distances = np.abs(first.reshape(len(first), 1, -1) - originals[None]).max(axis=-1)
-    assert distances.min() > 1e-3
-    x, y = next(iter(dataset))
-    assert y.shape == (4,) and y.dtype == tf.float32
+def test_image_dataset_is_one_ordered_pass_of_bytes_and_labels(splits):
+    dataset = data.image_dataset(splits["eval_files"], TransformOutputStandIn())
+    got = [(image.numpy(), int(label)) for image, label in dataset]
+    assert got == list(zip(splits["eval_images"], splits["eval_labels"], strict=True))
 
 
 def test_count_labels_reads_the_split(splits):
-    counts = data.count_labels(splits["train_files"], TransformOutputStandIn(SIZE))
-    assert counts == [8, 4]
+    assert data.count_labels(splits["train_files"], TransformOutputStandIn()) == [8, 4]
 
 
-def test_training_inputs_scale_the_batch_by_replicas(splits):
+# --------------------------------------------------------------------------- calibration
+
+
+def test_fit_temperature_recovers_the_temperature_of_the_labels():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, 4000)
+    labels = (rng.random(4000) < 1 / (1 + np.exp(-logits / 2.5))).astype(int)
+    assert recipe.fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.1)
+
+
+def test_pick_threshold_maximises_balanced_accuracy_on_the_grid():
+    probabilities = np.array([0.1, 0.2, 0.3, 0.35, 0.8, 0.9])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    threshold = recipe.pick_threshold(probabilities, labels)
+    assert threshold in recipe.THRESHOLD_GRID
+    assert 0.3 < threshold <= 0.35  # calls 0.35 malignant, 0.3 benign: every image right
+
+
+def test_calibrate_falls_back_to_defaults_on_one_class():
+    calibration = recipe.calibrate(np.array([1.0, 2.0]), np.array([1, 1]))
+    assert (calibration.temperature, calibration.threshold) == (1.0, 0.5)
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def test_the_recipe_trains_calibrates_and_scores_like_the_exported_graph(weights_file, splits):
+    """Early-stopped head on cached features; the tile-logit mean equals the head's logit."""
+    tf.keras.utils.set_random_seed(0)
+    hp = tiny_settings(weights=weights_file, epochs_head=40, early_stopping_patience=5)
+    cache: dict = {}
+    trained = recipe.train(
+        pairs(splits["train_images"], splits["train_labels"]),
+        pairs(splits["eval_images"], splits["eval_labels"]),
+        hp,
+        feature_cache=cache,
+    )
+    history = trained.history["head"]
+    assert 1 <= len(history["val_auc"]) <= 40 and "loss" in history
+    assert len(cache) == 18  # every distinct image once
+    assert trained.calibration.threshold in recipe.THRESHOLD_GRID
+    assert trained.calibration.fitted_on.startswith("eval split: 6 images")
+    tile_logit = recipe.logit_model(trained.model)
+    graph = [
+        float(recipe.image_logit(tile_logit, tf.constant(image), SIZE, 12))
+        for image in splits["eval_images"]
+    ]
+    np.testing.assert_allclose(graph, trained.eval_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_run_fn_is_the_recipe_then_the_export(monkeypatch, splits, tmp_path):
+    """run_fn hands the recipe both splits and writes the calibration into the metadata."""
+    seen = {}
+
+    def fake_train(train_images, eval_images, hp, callbacks, steps, strategy):
+        seen["train"] = [int(y) for _, y in train_images()]
+        seen["eval"] = [int(y) for _, y in eval_images()]
+        model, backbone = recipe.build(hp)
+        calibration = recipe.Calibration(1.5, 0.37, "eval split: test")
+        return recipe.TrainedClassifier(model, backbone, calibration, {}, np.zeros(0), np.zeros(0))
+
+    def fake_export(model, tf_transform_output, serving_dir, metadata, calibration):
+        seen["metadata"], seen["calibration"] = metadata, calibration
+
+    monkeypatch.setattr(recipe, "train", fake_train)
+    monkeypatch.setattr(trainer_module.export, "export_model", fake_export)
+    monkeypatch.setattr(trainer_module.tft, "TFTransformOutput", lambda _: TransformOutputStandIn())
     fn_args = types.SimpleNamespace(
         train_files=splits["train_files"],
         eval_files=splits["eval_files"],
-        train_steps=100,
-        eval_steps=None,
+        train_steps=10,
+        transform_output="unused",
+        serving_model_dir=str(tmp_path / "serving"),
+        model_run_dir=str(tmp_path / "run"),
+        custom_config={"image_size": SIZE, "weights": "random"},
+        hyperparameters=None,
     )
-    hp = tiny_settings(batch_size=3)
-    inputs = trainer_module.training_inputs(fn_args, TransformOutputStandIn(SIZE), hp, replicas=2)
-    x, _ = next(iter(inputs.fit_kwargs["x"]))
-    assert x[features.TRANSFORMED_IMAGE_KEY].shape[0] == 6
-    assert inputs.fit_kwargs["steps_per_epoch"] == math.ceil(12 / 6)
-    assert inputs.fit_kwargs["validation_steps"] == 1
-    assert inputs.train_counts == [8, 4] and inputs.eval_counts == [3, 3]
-    assert inputs.fit_kwargs["class_weight"] == pytest.approx({0: 0.75, 1: 1.5})
-
-
-def test_training_inputs_keep_all_epochs_within_train_steps(splits):
-    fn_args = types.SimpleNamespace(
-        train_files=splits["train_files"],
-        eval_files=splits["eval_files"],
-        train_steps=6,
-        eval_steps=1,
-    )
-    hp = tiny_settings(batch_size=1, epochs_head=2, epochs_fine_tune=1)
-    inputs = trainer_module.training_inputs(fn_args, TransformOutputStandIn(SIZE), hp, replicas=1)
-    assert inputs.fit_kwargs["steps_per_epoch"] == 2  # 6 steps over 3 epochs, not 12 per epoch
-    assert inputs.fit_kwargs["validation_steps"] == 1
+    trainer_module.run_fn(fn_args)
+    assert seen["train"] == splits["train_labels"] and seen["eval"] == splits["eval_labels"]
+    assert seen["metadata"]["calibration"]["threshold"] == 0.37
+    assert seen["metadata"]["train_images_per_class"] == {"benign": 8, "malignant": 4}
+    assert seen["metadata"]["tile_size"] == SIZE
 
 
 # --------------------------------------------------------------------------- devices
@@ -322,5 +354,5 @@ def test_a_gpu_gets_mirrored_strategy_and_mixed_precision(monkeypatch, restore_p
     assert tf.keras.mixed_precision.global_policy().name == "mixed_float16"
     # The head still answers in float32: a float16 sigmoid saturates.
     with strategy.scope():
-        model, _ = trainer_module.build_model(tiny_settings())
+        model, _ = recipe.build(tiny_settings())
     assert model.output.dtype == tf.float32

@@ -24,14 +24,13 @@ def _fn_args(root: str, monkeypatch, **config) -> types.SimpleNamespace:
     """FnArgs as TFX's Tuner executor fills them, over tiny transformed records."""
     splits = tiny_splits(os.path.join(root, "examples"))
     monkeypatch.setattr(
-        tuner_module.tft, "TFTransformOutput", lambda path: TransformOutputStandIn(SIZE)
+        tuner_module.tft, "TFTransformOutput", lambda path: TransformOutputStandIn()
     )
     custom_config = {
         "image_size": SIZE,
         "weights": "random",
         "batch_size": 4,
-        "epochs_head": 1,
-        "epochs_fine_tune": 1,
+        "epochs_head": 3,
         "max_trials": 1,
         **config,
     }
@@ -46,25 +45,22 @@ def _fn_args(root: str, monkeypatch, **config) -> types.SimpleNamespace:
     )
 
 
-def test_tuner_fn_searches_learning_rate_dropout_and_fine_tune_fraction(tmp_path, monkeypatch):
-    result = tuner_module.tuner_fn(_fn_args(str(tmp_path), monkeypatch, max_trials=3))
+def test_tuner_fn_searches_the_head_regularisation(tmp_path, monkeypatch):
+    fn_args = _fn_args(str(tmp_path), monkeypatch, max_trials=3)
+    result = tuner_module.tuner_fn(fn_args)
     tuner = result.tuner
     assert isinstance(tuner, keras_tuner.RandomSearch)
     assert tuner.oracle.max_trials == 3
     assert tuner.oracle.objective.name == "val_auc" and tuner.oracle.objective.direction == "max"
     space = {hp.name: hp for hp in tuner.oracle.hyperparameters.space}
-    assert set(space) == {"learning_rate", "dropout", "fine_tune_fraction"}
+    assert set(space) == {"head_l2", "dropout"}
     assert set(space) <= set(trainer_module.DEFAULTS)  # best values map 1:1 onto settings
-    learning_rate = space["learning_rate"]
-    assert (learning_rate.min_value, learning_rate.max_value) == tuner_module.LEARNING_RATE_RANGE
-    assert learning_rate.sampling == "log"
+    assert tuple(space["head_l2"].values) == tuner_module.HEAD_L2_CHOICES
     assert tuple(space["dropout"].values) == tuner_module.DROPOUT_CHOICES
-    assert tuple(space["fine_tune_fraction"].values) == tuner_module.FINE_TUNE_FRACTION_CHOICES
     fit = result.fit_kwargs
-    assert {"x", "validation_data", "steps_per_epoch", "validation_steps", "class_weight"} <= set(
-        fit
-    )
-    assert fit["class_weight"] == pytest.approx({0: 0.75, 1: 1.5})
+    assert set(fit) == {"train_images", "eval_images"}
+    labels = [int(y) for _, y in fit["eval_images"]()]
+    assert labels == [i % 2 for i in range(6)]  # the Trainer's own eval split
 
 
 def test_tuner_fn_rejects_unknown_settings(tmp_path, monkeypatch):
@@ -73,7 +69,7 @@ def test_tuner_fn_rejects_unknown_settings(tmp_path, monkeypatch):
 
 
 def test_one_trial_hands_its_values_to_the_trainer(tmp_path, monkeypatch):
-    fn_args = _fn_args(str(tmp_path), monkeypatch, fine_tune_learning_rate=1e-3)
+    fn_args = _fn_args(str(tmp_path), monkeypatch, head_batch_size=8)
     result = tuner_module.tuner_fn(fn_args)
     result.tuner.search(**result.fit_kwargs)
 

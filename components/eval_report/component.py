@@ -42,17 +42,19 @@ def write_report(
     """Builds the report from the artifacts into ``out``; returns its content."""
     data = tfma_reader.load(evaluation.uri)
     blessed = bool(blessing.get_int_custom_property("blessed"))
+    metadata = model_io.read_training_metadata(model.uri)
+    threshold = export.operating_threshold(metadata)
     report = content.build(
         data,
-        threshold=export.DECISION_THRESHOLD,
+        threshold=threshold,
         blessing=sources.blessing_facts(data, blessed),
         class_balance=sources.class_balance(statistics),
         data_facts=sources.data_facts(examples, eval_split),
-        model_facts=sources.model_facts(model, model_io.read_training_metadata(model.uri)),
+        model_facts=sources.model_facts(model, metadata),
         evaluation_uri=evaluation.uri,
     )
     with fileio.open(os.path.join(out, HTML_FILE), "w") as f:
-        f.write(html_report.render(report, export.DECISION_THRESHOLD))
+        f.write(html_report.render(report, threshold))
     with fileio.open(os.path.join(out, JSON_FILE), "w") as f:
         f.write(json.dumps(content.json_safe(report), indent=2, sort_keys=True))
     return report

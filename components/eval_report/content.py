@@ -13,7 +13,7 @@ OVERALL_METRICS = (
     "example_count",
     "auc",
     "auc_pr",
-    "binary_accuracy",
+    "accuracy",
     "precision",
     "sensitivity",
     "specificity",
@@ -23,7 +23,7 @@ OVERALL_METRICS = (
 SLICE_METRICS = (
     "example_count",
     "auc",
-    "binary_accuracy",
+    "accuracy",
     "sensitivity",
     "specificity",
     "mean_label",
@@ -32,8 +32,13 @@ SLICE_METRICS = (
 SLICE_COLUMNS = (features.MAGNIFICATION_KEY, features.SUBTYPE_KEY)
 
 
-def _pick(metrics: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+def _pick(metrics: dict[str, Any], names: tuple[str, ...], threshold: float) -> dict[str, Any]:
+    """The named metrics; sensitivity and specificity at the model's own threshold."""
     picked = {name: metrics.get(name, float("nan")) for name in names}
+    point = derive.at_threshold(metrics, threshold)
+    for name in ("sensitivity", "specificity", "accuracy"):
+        if name in picked:
+            picked[name] = point[name]
     if "example_count" in picked:
         picked["example_count"] = derive.count(picked["example_count"])
     return picked
@@ -55,7 +60,7 @@ def build(
         "evaluation_uri": evaluation_uri,
         "positive_class": features.LABEL_NAMES[features.POSITIVE_LABEL],
         "blessing": blessing,
-        "overall": _pick(overall, OVERALL_METRICS),
+        "overall": _pick(overall, OVERALL_METRICS, threshold),
         "operating_point": derive.operating_point(overall, threshold),
         "curves": {
             "roc": derive.roc_points(data.confusion_matrices),
@@ -67,7 +72,7 @@ def build(
         },
         "slices": {
             column: [
-                {"value": value, **_pick(metrics, SLICE_METRICS)}
+                {"value": value, **_pick(metrics, SLICE_METRICS, threshold)}
                 for value, metrics in derive.slices_of(data, column)
             ]
             for column in SLICE_COLUMNS

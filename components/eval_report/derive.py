@@ -78,16 +78,31 @@ def expected_calibration_error(bins: list[dict[str, float]]) -> float:
     )
 
 
-def operating_point(metrics: dict[str, Any], threshold: float) -> dict[str, float]:
-    """Confusion matrix, sensitivity and specificity at the decision threshold (all TFMA's)."""
+def at_threshold(metrics: dict[str, Any], threshold: float) -> dict[str, float]:
+    """Counts, sensitivity, specificity and accuracy at ``threshold``, from TFMA's confusion
+    matrices (computed on a grid that holds every model's own threshold, recipe's grid)."""
     matrices = metrics.get("confusion_matrix_at_thresholds") or []
-    matrix = next((m for m in matrices if abs(m["threshold"] - threshold) < 1e-9), None)
-    out = {"threshold": threshold}
-    if matrix:
-        out.update({k: count(matrix[k]) for k in ("tp", "fp", "tn", "fn")})
-    for name in ("sensitivity", "specificity"):
-        out[name] = metrics.get(name, float("nan"))
-    return out
+    matrix = next((m for m in matrices if abs(m["threshold"] - threshold) < 1e-6), None)
+    nan = float("nan")
+    if not matrix:
+        return {"sensitivity": nan, "specificity": nan, "accuracy": nan}
+    tp, fp, tn, fn = (count(matrix[k]) for k in ("tp", "fp", "tn", "fn"))
+    return {
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+    }
+
+
+def operating_point(metrics: dict[str, Any], threshold: float) -> dict[str, float]:
+    """Confusion matrix, sensitivity and specificity at the model's threshold (TFMA's counts)."""
+    point = at_threshold(metrics, threshold)
+    point.pop("accuracy")
+    return {"threshold": threshold, **point}
 
 
 def slices_of(data: EvalData, column: str) -> list[tuple[str, dict[str, Any]]]:
@@ -117,7 +132,7 @@ def patients(data: EvalData, threshold: float) -> dict[str, Any]:
                 "label": label,
                 "score": score,
                 "called": called,
-                "image_accuracy": metrics.get("binary_accuracy", float("nan")),
+                "image_accuracy": at_threshold(metrics, threshold)["accuracy"],
             }
         )
     known = [r for r in rows if r["label"] in (0, 1) and r["called"] in (0, 1)]

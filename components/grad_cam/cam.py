@@ -77,7 +77,8 @@ def _head_layers(model: tf.keras.Model, backbone: tf.keras.layers.Layer) -> list
 
 
 def _logit_and_probability(head: list, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Runs the head; for a final sigmoid Dense the score is its pre-activation (the logit)."""
+    """Runs the head; for a final sigmoid (Dense or Activation) the score is its input, the
+    logit."""
     if not head:
         return tf.reshape(features, [-1]), tf.reshape(features, [-1])
     x = features
@@ -85,6 +86,11 @@ def _logit_and_probability(head: list, features: tf.Tensor) -> tuple[tf.Tensor, 
         x = layer(x, training=False)
     last = head[-1]
     probability = last(x, training=False)
+    if (
+        isinstance(last, tf.keras.layers.Activation)
+        and last.activation is tf.keras.activations.sigmoid
+    ):
+        return tf.reshape(x, [-1]), tf.reshape(probability, [-1])  # x: the logit layer's output
     if isinstance(last, tf.keras.layers.Dense) and last.activation is tf.keras.activations.sigmoid:
         logit = tf.matmul(tf.cast(x, last.kernel.dtype), last.kernel)
         if last.use_bias:
@@ -93,16 +99,21 @@ def _logit_and_probability(head: list, features: tf.Tensor) -> tuple[tf.Tensor, 
     return tf.reshape(probability, [-1]), tf.reshape(probability, [-1])
 
 
-def _normalise(cam: tf.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """ReLU, upsample to the image size, scale each map to [0, 1] (all-zero stays zero)."""
+def _normalise(cam: tf.Tensor, size: tuple[int, int], joint: bool) -> np.ndarray:
+    """ReLU, upsample to the image size, scale to [0, 1] (all-zero stays zero): each map on
+    its own, or all maps together (``joint``: the tiles of one image stay comparable)."""
     cam = tf.nn.relu(cam)[..., tf.newaxis]
     cam = tf.image.resize(cam, size, method="bilinear")[..., 0]
-    peak = tf.reduce_max(cam, axis=[1, 2], keepdims=True)
+    axes = [0, 1, 2] if joint else [1, 2]
+    peak = tf.reduce_max(cam, axis=axes, keepdims=True)
     return tf.math.divide_no_nan(cam, peak).numpy().astype(np.float32)
 
 
-def grad_cam(model: tf.keras.Model, images: np.ndarray, conv_hint: str | None = None) -> CamResult:
-    """Heatmaps of the malignant score for float images [N, H, W, 3] in [0, 1]."""
+def grad_cam(
+    model: tf.keras.Model, images: np.ndarray, conv_hint: str | None = None, joint: bool = False
+) -> CamResult:
+    """Heatmaps of the malignant score for float images [N, H, W, 3] in [0, 1]; ``joint``
+    scales all N maps together (the tiles of one image)."""
     backbone = find_backbone(model)
     network = backbone if backbone is not None else model
     conv_name, source = find_last_conv(network, conv_hint)
@@ -131,8 +142,8 @@ def grad_cam(model: tf.keras.Model, images: np.ndarray, conv_hint: str | None = 
     cam = tf.reduce_sum(channel_weights * conv_map, axis=-1)
     size = (int(x.shape[1]), int(x.shape[2]))
     return CamResult(
-        heatmaps=_normalise(cam, size),
-        benign_heatmaps=_normalise(-cam, size),
+        heatmaps=_normalise(cam, size, joint),
+        benign_heatmaps=_normalise(-cam, size, joint),
         probabilities=probability.numpy().astype(np.float32),
         conv_layer=conv_name,
         conv_layer_source=source,

@@ -41,7 +41,10 @@ def build_gallery(model_uri: str, examples: Artifact, split: str, per_class: int
     model = model_io.load_classifier(model_uri)
     metadata = model_io.read_training_metadata(model_uri)
     tiles = audit_set.load_audit_set(examples, split, per_class)
-    images = model_io.decode_images([image for _, image in tiles], model_io.image_size(model))
+    size, max_tiles = model_io.tile_size(model), int(metadata.get("max_tiles", 1))
+    tiled = [model_io.tile_image(image, size, max_tiles) for _, image in tiles]
+    probabilities = model_io.image_probabilities(model, [image for _, image in tiles], metadata)
+    threshold = export.operating_threshold(metadata)
     facts = {
         "backbone": metadata.get("backbone", "unknown"),
         "weights": metadata.get("weights_source", "unknown"),
@@ -50,7 +53,10 @@ def build_gallery(model_uri: str, examples: Artifact, split: str, per_class: int
     }
     summary = {"split": split, "per_class": per_class, "tiles": [], **facts}
     try:
-        result = cam.grad_cam(model, images, metadata.get("last_conv_layer"))
+        # One Grad-CAM per tile (what the model scores), stitched back over the image.
+        results = [
+            cam.grad_cam(model, t.tiles, metadata.get("last_conv_layer"), joint=True) for t in tiled
+        ]
     except ValueError as error:
         logging.warning("Grad-CAM unavailable: %s", error)
         summary.update(status="unavailable", reason=str(error))
@@ -58,34 +64,35 @@ def build_gallery(model_uri: str, examples: Artifact, split: str, per_class: int
         _write(out, GALLERY_FILE, f"<!DOCTYPE html><html><body>{body}</body></html>")
         _write(out, SUMMARY_FILE, json.dumps(summary, indent=2))
         return summary
-    facts.update(conv_layer=f"{result.conv_layer} (from {result.conv_layer_source})")
+    result = results[0] if results else None
+    if result is not None:
+        facts.update(conv_layer=f"{result.conv_layer} (from {result.conv_layer_source})")
     entries = []
     for index, (tile, _) in enumerate(tiles):
         png = f"{index:02d}_{features.LABEL_NAMES[tile.label]}.png"
-        _write(
-            out,
-            png,
-            render.triptych_png(
-                images[index], result.heatmaps[index], result.benign_heatmaps[index]
-            ),
-        )
-        probability = float(result.probabilities[index])
+        image = tiled[index].stitch(tiled[index].tiles)
+        heat = tiled[index].stitch(results[index].heatmaps)
+        benign = tiled[index].stitch(results[index].benign_heatmaps)
+        _write(out, png, render.triptych_png(image, heat, benign))
+        probability = probabilities[index]
         entry = render.GalleryEntry(
             png=png,
             source=tile.source,
             patient_id=tile.patient_id,
             label_name=features.LABEL_NAMES[tile.label],
             probability=probability,
-            predicted_name=features.LABEL_NAMES[int(probability >= export.DECISION_THRESHOLD)],
+            predicted_name=features.LABEL_NAMES[int(probability >= threshold)],
             magnification=tile.magnification,
             subtype=tile.subtype,
         )
         entries.append(entry)
-        centre = cam.centre_of_mass(result.heatmaps[index])
+        centre = cam.centre_of_mass(heat)
         summary["tiles"].append({**dataclasses.asdict(entry), "malignant_centre_of_mass": centre})
     _write(out, GALLERY_FILE, render.gallery_html(entries, facts))
     summary.update(
-        status="ok", conv_layer=result.conv_layer, conv_layer_source=result.conv_layer_source
+        status="ok",
+        conv_layer=result.conv_layer if result else "",
+        conv_layer_source=result.conv_layer_source if result else "",
     )
     _write(out, SUMMARY_FILE, json.dumps(summary, indent=2))
     return summary

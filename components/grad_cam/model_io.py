@@ -1,16 +1,18 @@
 """Loading the Trainer's Keras classifier and feeding it images the way Transform does.
 
-Shared by the Grad-CAM and TFLite components: both need the Keras model (not the serving
-signatures) and float images in [0, 1] at the training size.
+Shared by the Grad-CAM, TFLite and report components: they need the Keras tile classifier
+(not the serving signatures), images cut into its tiles and the served image probability.
 """
 
+import dataclasses
 import os
 
 import numpy as np
 import tensorflow as tf
 from tfx.utils import path_utils
 
-from modules.trainer import export
+from modules import image_tiles
+from modules.trainer import export, recipe
 
 
 def serving_dir(model_uri: str) -> str:
@@ -34,15 +36,47 @@ def read_training_metadata(model_uri: str) -> dict:
     return export.read_metadata(serving_dir(model_uri))
 
 
-def image_size(model: tf.keras.Model) -> int:
-    """Square input side the classifier was built for."""
+def tile_size(model: tf.keras.Model) -> int:
+    """Square tile side the classifier was built for."""
     return int(model.input_shape[1])
 
 
-def decode_images(encoded: list[bytes], size: int) -> np.ndarray:
-    """Encoded PNG/JPEG -> float32 [N, size, size, 3] in [0, 1], with Transform's own code."""
-    from modules.transform.transform_module import decode_and_resize
+@dataclasses.dataclass
+class TiledImage:
+    """An image as the classifier sees it: its tiles, and the grid they came from."""
 
-    if not encoded:
-        return np.zeros((0, size, size, 3), np.float32)
-    return decode_and_resize(tf.constant(encoded), size).numpy()
+    tiles: np.ndarray  # float32 [rows * cols, S, S, 3] in [0, 1], row-major
+    rows: int
+    cols: int
+
+    def stitch(self, per_tile: np.ndarray) -> np.ndarray:
+        """[rows * cols, S, S, ...] -> [rows * S, cols * S, ...]: tiles back in place."""
+        s = per_tile.shape[1]
+        rest = per_tile.shape[3:]
+        grid = per_tile.reshape(self.rows, self.cols, s, s, *rest)
+        order = (0, 2, 1, 3, *range(4, grid.ndim))
+        return grid.transpose(order).reshape(self.rows * s, self.cols * s, *rest)
+
+
+def tile_image(encoded: bytes, size: int, max_tiles: int) -> TiledImage:
+    """Encoded image -> its tiles, with the serving path's own code (modules/image_tiles)."""
+    image = image_tiles.decode(tf.constant(encoded))
+    shape = tf.shape(image)
+    rows, cols = image_tiles.tile_grid(shape[0], shape[1], size, max_tiles)
+    tiles = image_tiles.to_tiles(image, size, max_tiles).numpy()
+    return TiledImage(tiles, int(rows), int(cols))
+
+
+def image_probabilities(model: tf.keras.Model, encoded: list[bytes], metadata: dict) -> list[float]:
+    """The calibrated image probability ``predict_image`` serves, for each encoded image."""
+    tile_logit = recipe.logit_model(model)
+    calibration = recipe.calibration_of(metadata)
+    size, max_tiles = tile_size(model), int(metadata.get("max_tiles", 1))
+    return [
+        float(
+            recipe.probability(
+                recipe.image_logit(tile_logit, tf.constant(e), size, max_tiles), calibration
+            )
+        )
+        for e in encoded
+    ]

@@ -42,17 +42,18 @@ def overlay(image: np.ndarray, heat: np.ndarray, strength: float = 0.6) -> np.nd
 
 def _panel(rgb: np.ndarray) -> Image.Image:
     image = Image.fromarray((np.clip(rgb, 0.0, 1.0) * 255).round().astype(np.uint8))
-    side = max(PANEL_SIDE, image.width)
-    return image.resize((side, side), Image.BILINEAR)
+    width = max(PANEL_SIDE, image.width)
+    height = round(image.height * width / image.width)  # the image's own aspect ratio
+    return image.resize((width, height), Image.BILINEAR)
 
 
 def triptych_png(image: np.ndarray, malignant: np.ndarray, benign: np.ndarray) -> bytes:
     """One PNG: the tile, the malignant-evidence overlay, the benign-evidence overlay."""
     panels = [_panel(image), _panel(overlay(image, malignant)), _panel(overlay(image, benign))]
-    side, gap = panels[0].width, 4
-    canvas = Image.new("RGB", (3 * side + 2 * gap, side), "white")
+    width, height, gap = panels[0].width, panels[0].height, 4
+    canvas = Image.new("RGB", (3 * width + 2 * gap, height), "white")
     for index, panel in enumerate(panels):
-        canvas.paste(panel, (index * (side + gap), 0))
+        canvas.paste(panel, (index * (width + gap), 0))
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -106,8 +106,8 @@ def run_gate(
             "shape": [1, lite.input_size, lite.input_size, 3],
             "dtype": "float32",
             "range": [0.0, 1.0],
-            "preprocessing": "decode to RGB, /255, antialiased bilinear resize to the input "
-            "size, clip to [0, 1] (components/tflite_export/runtime.py)",
+            "preprocessing": "one tile: decode to RGB, /255, antialiased bilinear resize to a "
+            "grid of input-size tiles, cut; average the tiles' logits (modules/image_tiles.py)",
         },
         "parity": dataclasses.asdict(gate),
         "size_bytes": {"tflite": len(content)},
@@ -138,11 +138,16 @@ def export_tflite(
     selected = [
         item for split in splits for item in audit_set.load_audit_set(examples, split, per_class)
     ]
-    labels = np.array([tile.label for tile, _ in selected], dtype=int)
+    max_tiles = int(model_io.read_training_metadata(model_uri).get("max_tiles", 1))
     encoded = [image for _, image in selected]
-    batches = (
-        runtime.preprocess(encoded[i : i + CHUNK], size) for i in range(0, len(encoded), CHUNK)
-    )
+    tiled = [
+        runtime.preprocess(encoded[i : i + CHUNK], size, max_tiles)
+        for i in range(0, len(encoded), CHUNK)
+    ]
+    # Parity is judged per tile: the TFLite model is the tile classifier.
+    counts = [n for _, per_image in tiled for n in per_image]
+    labels = np.repeat(np.array([tile.label for tile, _ in selected], dtype=int), counts)
+    batches = (tiles for tiles, _ in tiled)
     content, report = run_gate(
         model, batches, labels, max_auc_drop=max_auc_drop, converter=converter
     )

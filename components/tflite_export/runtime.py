@@ -1,11 +1,11 @@
 """Running the TFLite classifier, including the client-side preprocessing it needs.
 
-The TFLite model takes float32 [1, S, S, 3] RGB in [0, 1], where S is the training size
-(``input_size``), and returns the malignant probability [1, 1]. A client must reproduce
-Transform's preprocessing itself: decode to RGB (grey and RGBA become RGB), scale uint8 to
-[0, 1], resize to S x S with antialiased bilinear resampling (aspect ratio not kept),
-clip to [0, 1]. ``preprocess`` does exactly that with TensorFlow's ops; docs/serving.md
-explains the substitutes on a device without TensorFlow.
+The TFLite model is the tile classifier: float32 [1, S, S, 3] RGB in [0, 1], where S is the
+tile size (``input_size``), -> the malignant probability [1, 1] of that tile. A client cuts
+an image into tiles the way ``modules/image_tiles`` does (decode to RGB, scale to [0, 1],
+resize to a grid of ``round(side / S)`` tiles each way with antialiased bilinear
+resampling, cut) and averages the tiles' logits; ``preprocess`` cuts the tiles with
+TensorFlow's ops; docs/serving.md explains the substitutes on a device without TensorFlow.
 """
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from modules import image_tiles
 
-def preprocess(encoded: list[bytes], size: int) -> np.ndarray:
-    """Encoded PNG/JPEG -> float32 [N, size, size, 3] in [0, 1], as Transform does it."""
-    from modules.transform.transform_module import decode_and_resize
 
-    return decode_and_resize(tf.constant(encoded), size).numpy()
+def preprocess(encoded: list[bytes], size: int, max_tiles: int) -> tuple[np.ndarray, list[int]]:
+    """Encoded images -> (float32 [tiles, size, size, 3] in [0, 1], tiles per image)."""
+    tiles = [image_tiles.to_tiles(image_tiles.decode(e), size, max_tiles).numpy() for e in encoded]
+    if not tiles:
+        return np.zeros((0, size, size, 3), np.float32), []
+    return np.concatenate(tiles), [len(t) for t in tiles]
 
 
 class TFLiteClassifier:

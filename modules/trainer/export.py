@@ -1,10 +1,14 @@
-"""SavedModel signatures: clients send raw images; the Transform graph travels with the model.
+"""SavedModel signatures: clients send raw images; tiling and calibration travel inside.
 
 - ``serving_default``: serialized tf.Examples holding the encoded image (TFX, TFMA, batch);
-- ``predict_image``: raw encoded PNG/JPEG bytes, what a TF Serving REST client sends as
+- ``predict_image``: raw encoded image bytes, what a TF Serving REST client sends as
   ``{"b64": ...}``;
 - ``transform_features``: serialized tf.Examples -> transformed features (for TFMA).
-Both prediction signatures return the malignant probability, the class id and its name.
+Both prediction signatures cut each image into native-resolution tiles and their views
+(``modules/image_tiles``), average the tiles' logits, divide by the calibration temperature
+and return the malignant probability, the class at the model's own operating threshold
+(chosen on the eval split, ``recipe.calibrate``), its name, and the threshold itself (so a
+client can call a patient's mean probability the same way).
 """
 
 import json
@@ -15,32 +19,46 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from modules import features
+from modules.trainer import recipe
 
 METADATA_FILE = "training_metadata.json"
 METADATA_DIR = "assets.extra"  # TF Serving's place for files that travel with a model
-DECISION_THRESHOLD = 0.5
 
 
-def _outputs(probability: tf.Tensor) -> dict[str, tf.Tensor]:
-    probability = tf.reshape(tf.cast(probability, tf.float32), [-1])
-    class_id = tf.cast(probability >= DECISION_THRESHOLD, tf.int64)
-    names = tf.constant(list(features.LABEL_NAMES))
-    return {
-        features.PROBABILITY_OUTPUT: probability,
-        features.CLASS_OUTPUT: class_id,
-        features.CLASS_NAME_OUTPUT: tf.gather(names, class_id),
-    }
+def operating_threshold(metadata: dict[str, Any]) -> float:
+    """The model's own threshold from its training metadata (0.5 for models without one)."""
+    return float(metadata.get("calibration", {}).get("threshold", recipe.DEFAULT_THRESHOLD))
 
 
-def build_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput) -> dict:
+def build_signatures(
+    model: tf.keras.Model,
+    tf_transform_output: tft.TFTransformOutput,
+    tile_size: int,
+    max_tiles: int,
+    calibration: recipe.Calibration,
+) -> dict:
     """The three signatures, sharing one Transform layer tracked by the model."""
     model.tft_layer = tf_transform_output.transform_features_layer()
+    model.tile_logit = recipe.logit_model(model)
     raw_spec = tf_transform_output.raw_feature_spec()
     image_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
+    threshold = tf.constant(calibration.threshold, tf.float32)
+    names = tf.constant(list(features.LABEL_NAMES))
+
+    def image_logit(image_bytes: tf.Tensor) -> tf.Tensor:
+        return recipe.image_logit(model.tile_logit, image_bytes, tile_size, max_tiles)
 
     def predict_from_raw(raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        transformed = model.tft_layer(raw)
-        return _outputs(model(transformed[features.TRANSFORMED_IMAGE_KEY], training=False))
+        encoded = tf.reshape(model.tft_layer(raw)[features.TRANSFORMED_IMAGE_KEY], [-1])
+        logits = tf.map_fn(image_logit, encoded, fn_output_signature=tf.float32)
+        probability = recipe.probability(logits, calibration)
+        class_id = tf.cast(probability >= threshold, tf.int64)
+        return {
+            features.PROBABILITY_OUTPUT: probability,
+            features.CLASS_OUTPUT: class_id,
+            features.CLASS_NAME_OUTPUT: tf.gather(names, class_id),
+            features.THRESHOLD_OUTPUT: tf.fill(tf.shape(probability), threshold),
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -66,9 +84,16 @@ def export_model(
     tf_transform_output: tft.TFTransformOutput,
     serving_model_dir: str,
     metadata: dict[str, Any],
+    calibration: recipe.Calibration,
 ) -> None:
     """Saves the SavedModel with its signatures and the training metadata beside it."""
-    signatures = build_signatures(model, tf_transform_output)
+    signatures = build_signatures(
+        model,
+        tf_transform_output,
+        int(metadata["tile_size"]),
+        int(metadata["max_tiles"]),
+        calibration,
+    )
     model.save(serving_model_dir, save_format="tf", signatures=signatures)
     extra = os.path.join(serving_model_dir, METADATA_DIR)
     tf.io.gfile.makedirs(extra)

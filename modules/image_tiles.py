@@ -1,0 +1,71 @@
+"""One image -> the tiles the classifier sees: native-resolution tiles, and their views.
+
+Pathologists read a slide image at the resolution it was taken at; squeezing a 700x460
+BreakHis image into one 224-px square throws most of that away (measured in
+``benchmarks/breakhis_quality.py``). So the model scores square tiles cut at (about) the
+native scale and averages their logits. The same functions run in the Trainer's input
+pipeline, in the exported serving signatures and in the benchmark, so training, evaluation
+and ``predict`` see exactly the same pixels.
+
+- ``decode``: encoded bytes -> float RGB in [0, 1] (any format TensorFlow decodes);
+- ``tile_grid``: rows x columns of tiles for an image, ``round(side / tile_size)`` each way
+  (at least 1), shrunk evenly when it would exceed ``max_tiles``;
+- ``to_tiles``: the image resized to exactly that grid (a rescale of at most ~25%) and cut;
+- ``views``: test-time views of each tile (identity, mirror, quarter turn): tissue has no
+  orientation, and averaging over them steadies the score.
+"""
+
+import math
+
+import tensorflow as tf
+
+VIEWS = 3  # identity, left-right mirror, quarter turn
+
+
+def decode(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Scalar encoded image -> float32 [H, W, 3] in [0, 1]."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def tile_grid(height: tf.Tensor, width: tf.Tensor, tile_size: int, max_tiles: int) -> tuple:
+    """(rows, cols) int32 tensors: native-scale tiles, at most ``max_tiles`` of them."""
+    size = tf.constant(float(tile_size))
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    # Shrink factor so that rows * cols stays within max_tiles (1.0 for ordinary images).
+    shrink = tf.maximum(1.0, tf.sqrt((h / size) * (w / size) / float(max_tiles)))
+    rows = tf.maximum(1, tf.cast(tf.round(h / size / shrink), tf.int32))
+    cols = tf.maximum(1, tf.cast(tf.round(w / size / shrink), tf.int32))
+    # Rounding may still overshoot by a row or column: drop from the longer side.
+    over = rows * cols > max_tiles
+    rows = tf.where(over & (rows >= cols), tf.maximum(1, max_tiles // cols), rows)
+    cols = tf.where(rows * cols > max_tiles, tf.maximum(1, max_tiles // rows), cols)
+    return rows, cols
+
+
+def to_tiles(image: tf.Tensor, tile_size: int, max_tiles: int) -> tf.Tensor:
+    """Float [H, W, 3] -> float32 [n, tile_size, tile_size, 3] in [0, 1], row-major."""
+    shape = tf.shape(image)
+    rows, cols = tile_grid(shape[0], shape[1], tile_size, max_tiles)
+    resized = tf.image.resize(image, [rows * tile_size, cols * tile_size], antialias=True)
+    resized = tf.clip_by_value(resized, 0.0, 1.0)
+    grid = tf.reshape(resized, [rows, tile_size, cols, tile_size, 3])
+    return tf.reshape(tf.transpose(grid, [0, 2, 1, 3, 4]), [-1, tile_size, tile_size, 3])
+
+
+def views(tiles: tf.Tensor) -> tf.Tensor:
+    """[n, S, S, 3] -> [VIEWS * n, S, S, 3]: each tile as is, mirrored, turned a quarter."""
+    return tf.concat([tiles, tf.image.flip_left_right(tiles), tf.image.rot90(tiles)], axis=0)
+
+
+def image_views(image_bytes: tf.Tensor, tile_size: int, max_tiles: int) -> tf.Tensor:
+    """Encoded image -> every view of every tile: what one image-level score averages over."""
+    return views(to_tiles(decode(image_bytes), tile_size, max_tiles))
+
+
+def tiles_per_image(height: int, width: int, tile_size: int, max_tiles: int) -> int:
+    """Python twin of ``tile_grid`` for planning (cost estimates, docs)."""
+    shrink = max(1.0, math.sqrt((height / tile_size) * (width / tile_size) / max_tiles))
+    rows, cols = tile_grid(height, width, tile_size, max_tiles)
+    del shrink
+    return int(rows) * int(cols)
