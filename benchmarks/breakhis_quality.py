@@ -19,6 +19,8 @@ Arms (``--arms``):
   Transform-format (encoded image, label) datasets, with the Trainer's defaults.
 - ``recipe-densenet121``: the recipe with the DenseNet121 backbone.
 - ``recipe-no-views``: the recipe without test-time views (one pass per tile; variant).
+- ``threshold-<rule>``: the recipe with another operating-threshold rule
+  (``recipe.THRESHOLD_RULES``); the AUCs are the recipe's, the operating point differs.
 - ``fine-tune``: the recipe plus two fine-tuning epochs of the backbone's top (slow on CPU).
 Frozen features are computed once per backbone and image (a cache keyed by the image's
 digest, passed to ``recipe.train``); the recipe's scores of the first test fold are
@@ -62,6 +64,9 @@ ARM_SETTINGS: dict[str, dict] = {
     "recipe": {},
     "recipe-densenet121": {"backbone": "densenet121"},
     "recipe-no-views": {"no_views": True},
+    "threshold-balanced-prior": {"threshold_rule": "balanced_prior"},
+    "threshold-eval-bal-acc": {"threshold_rule": "eval_balanced_accuracy"},
+    "threshold-eval-sens": {"threshold_rule": "eval_sensitivity"},
     "fine-tune": {"epochs_fine_tune": 2},
 }
 ARMS = ("probe", "probe-tiles", *ARM_SETTINGS)

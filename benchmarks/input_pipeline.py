@@ -1,21 +1,21 @@
-"""Does the Trainer's input pipeline keep the model busy? Training steps/s of the same model
-fed by ``data.make_dataset`` over real Transform output vs by one in-memory batch.
+"""Does the Trainer's input keep the model busy? The recipe's two phases, fed from the real
+Transform output vs from memory, same model, same run.
 
-For each image size: demo tiles are run through the real ``preprocessing_fn`` with
-``tft_beam`` (gzipped transformed tf.Examples plus the transform graph, as the Transform
-component writes them); then one MobileNetV2 classifier (``trainer_module.build_model``)
-is trained with ``model.fit`` in both phases of the recipe (frozen backbone, then the top
-30% fine-tuned), each phase fed alternately by
+Demo images (256 px, so 1 tile at 224 px and 3 x 3 at 96 px) are run through the real
+``preprocessing_fn`` with ``tft_beam`` (gzipped transformed tf.Examples plus the transform
+graph, as the Transform component writes them). Then, with one MobileNetV2 classifier
+(``recipe.build``, offline ImageNet weights):
 
-- ``pipeline``: ``data.make_dataset`` (parse, cache, shuffle, augment, batch, prefetch), and
-- ``in-memory``: ``tf.data.Dataset.from_tensors(batch).repeat()``, one decoded batch.
+- **features** (the recipe's main cost): images/s of ``recipe.image_features`` reading the
+  records (parse, decode, tile, views, backbone) vs the same backbone on the same views
+  already decoded in memory;
+- **fine-tune** (optional phase): steps/s of ``model.fit`` fed by ``recipe.tile_dataset``
+  (decode, tile, cache, shuffle, augment, batch) vs one in-memory batch repeated.
 
-Warm-up steps (tracing, the first pass that fills the cache) are not timed; each feed is
-timed ``--repeats`` times, alternating, and the median is reported. The ratio is
-pipeline / in-memory steps/s; 1.0 means the input costs nothing. On a CPU-only host the
-augmentation and the model share the same cores, so the ratio is pessimistic there. On a
-GPU node the model leaves the CPU, and the limit becomes the pipeline alone (iterated
-without a model, also timed): the most batches/s these cores can feed.
+Warm-up (tracing, cache filling) is not timed; each feed is timed ``--repeats`` times,
+alternating, median reported. The ratio is pipeline / in-memory; 1.0 means the input costs
+nothing. On a CPU-only host decoding and the model share the same cores, so the ratio is
+pessimistic there.
 
     .venv/bin/python benchmarks/input_pipeline.py --sizes 96 224
 """
@@ -37,8 +37,8 @@ import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 from demo.generate import generate
-from modules import features
-from modules.trainer import data, trainer_module
+from modules import features, image_tiles
+from modules.trainer import data, recipe, trainer_module
 from modules.trainer.model import unfreeze_top
 from modules.transform.transform_module import preprocessing_fn
 from preprocessing import layouts
@@ -72,7 +72,8 @@ def run_transform(images: str, output: str, image_size: int):
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(raw_spec))
     graph_dir = os.path.join(output, "transform_graph")
     prefix = os.path.join(output, "transformed", "train", "data")
-    fn = functools.partial(preprocessing_fn, custom_config={"image_size": image_size})
+    del image_size  # Transform passes the encoded image through; the model tiles it
+    fn = functools.partial(preprocessing_fn, custom_config={})
     with beam.Pipeline(argv=FAST_BEAM_ARGS) as pipeline:
         with tft_beam.Context(temp_dir=os.path.join(output, "tmp")):
             (transformed, transformed_metadata), transform_fn = (
@@ -129,19 +130,41 @@ def input_only_batches_per_second(dataset: tf.data.Dataset, warmup: int, steps: 
     return steps / (time.perf_counter() - started)
 
 
-def measure_phase(model, feeds: dict, class_weight, warmup: int, steps: int, repeats: int) -> dict:
-    """Median steps/s of each feed, timed alternately so drifting load hits both alike."""
-    rates = {name: [] for name in feeds}
+def _median_of_alternating(timers: dict, repeats: int) -> dict:
+    rates = {name: [] for name in timers}
     for _ in range(repeats):
-        for name, dataset in feeds.items():
-            rates[name].append(steps_per_second(model, dataset, class_weight, warmup, steps))
+        for name, timer in timers.items():
+            rates[name].append(timer())
     result = {name: round(statistics.median(r), 3) for name, r in rates.items()}
     result["ratio"] = round(result["pipeline"] / result["in-memory"], 3)
     return result
 
 
+def feature_rates(network, images, size: int, max_tiles: int, repeats: int) -> dict:
+    """Images/s of the recipe's feature pass: from the records vs from decoded views."""
+    views = [image_tiles.image_views(image, size, max_tiles) for image, _ in images()]
+
+    @tf.function(reduce_retracing=True)
+    def mean_feature(v: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_mean(network(v, training=False), axis=0)
+
+    def from_memory() -> float:
+        started = time.perf_counter()
+        for v in views:
+            mean_feature(v).numpy()
+        return len(views) / (time.perf_counter() - started)
+
+    def from_records() -> float:
+        started = time.perf_counter()
+        recipe.image_features(network, images(), size, max_tiles)
+        return len(views) / (time.perf_counter() - started)
+
+    from_memory(), from_records()  # warm-up: tracing
+    return _median_of_alternating({"pipeline": from_records, "in-memory": from_memory}, repeats)
+
+
 def benchmark_size(images: str, work: str, size: int, args: argparse.Namespace) -> dict:
-    """Transform at this size, then both phases, each fed by both feeds."""
+    """Transform, then the feature pass and fine-tuning steps, each fed both ways."""
     started = time.perf_counter()
     tf_transform_output, patterns, count = run_transform(
         images, os.path.join(work, str(size)), size
@@ -152,25 +175,32 @@ def benchmark_size(images: str, work: str, size: int, args: argparse.Namespace) 
         {"image_size": size, "weights": args.weights, "batch_size": args.batch_size}
     )
     tf.keras.utils.set_random_seed(int(hp["seed"]))
-    counts = data.count_labels(patterns, tf_transform_output)
-    class_weight = trainer_module.class_weights(counts)
-    pipeline = data.make_dataset(
-        patterns, tf_transform_output, args.batch_size, True, count, int(hp["seed"])
-    )
-    batch = next(iter(pipeline))
-    feeds = {"pipeline": pipeline, "in-memory": tf.data.Dataset.from_tensors(batch).repeat()}
-
-    model, backbone = trainer_module.build_model(hp)
+    model, backbone = recipe.build(hp)
     result = {"image_size": size, "images": count, "batch_size": args.batch_size}
     result["weights"] = backbone.weights_source
     result["transform_s"] = round(transform_seconds, 1)
-    input_only = input_only_batches_per_second(pipeline, args.warmup, 3 * args.steps)
-    result["input_only_batches_per_s"] = round(input_only, 1)
-    timing = (class_weight, args.warmup, args.steps, args.repeats)
-    result["head"] = measure_phase(model, feeds, *timing)
+
+    def pairs() -> tf.data.Dataset:
+        return data.image_dataset(patterns, tf_transform_output)
+
+    network = recipe.features_model(model)
+    result["features"] = feature_rates(network, pairs, size, int(hp["max_tiles"]), args.repeats)
+
+    pipeline = recipe.tile_dataset(pairs(), hp, int(hp["seed"]))
+    batch = next(iter(pipeline))
+    feeds = {"pipeline": pipeline, "in-memory": tf.data.Dataset.from_tensors(batch).repeat()}
+    result["input_only_batches_per_s"] = round(
+        input_only_batches_per_second(pipeline, args.warmup, 3 * args.steps), 1
+    )
     unfreeze_top(backbone.model, float(hp["fine_tune_fraction"]))
-    trainer_module.compile_model(model, float(hp["fine_tune_learning_rate"]))
-    result["fine_tune"] = measure_phase(model, feeds, *timing)
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-4), loss="binary_crossentropy")
+    result["fine_tune"] = _median_of_alternating(
+        {
+            name: functools.partial(steps_per_second, model, dataset, None, args.warmup, args.steps)
+            for name, dataset in feeds.items()
+        },
+        args.repeats,
+    )
     return result
 
 
@@ -182,8 +212,7 @@ def main() -> None:
     parser.add_argument(
         "--weights",
         default="auto",
-        help="as the Trainer: pretrained weights freeze the backbone in the head phase; "
-        "'random' trains it whole from the start",
+        help="backbone weights, as the Trainer resolves them",
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches per fit")
     parser.add_argument("--steps", type=int, default=10, help="timed batches per fit")
@@ -203,13 +232,13 @@ def main() -> None:
         f"TF {tf.__version__}, {os.cpu_count()} CPUs, "
         f"devices: {[d.device_type for d in tf.config.list_physical_devices()]}"
     )
-    print("size | phase     | in-memory steps/s | pipeline steps/s | pipeline / in-memory")
+    print("size | phase                  | in-memory | pipeline | pipeline / in-memory")
     for row in rows:
-        for phase in ("head", "fine_tune"):
+        for phase, unit in (("features", "images/s"), ("fine_tune", "steps/s")):
             r = row[phase]
             print(
-                f"{row['image_size']:>4} | {phase:<9} | {r['in-memory']:>17} | "
-                f"{r['pipeline']:>16} | {r['ratio']:>19}x"
+                f"{row['image_size']:>4} | {phase + ' (' + unit + ')':<22} | "
+                f"{r['in-memory']:>9} | {r['pipeline']:>8} | {r['ratio']:>19}x"
             )
     for row in rows:
         print(

@@ -15,8 +15,6 @@ and ``predict`` see exactly the same pixels.
   orientation, and averaging over them steadies the score.
 """
 
-import math
-
 import tensorflow as tf
 
 VIEWS = 3  # identity, left-right mirror, quarter turn
@@ -61,11 +59,3 @@ def views(tiles: tf.Tensor) -> tf.Tensor:
 def image_views(image_bytes: tf.Tensor, tile_size: int, max_tiles: int) -> tf.Tensor:
     """Encoded image -> every view of every tile: what one image-level score averages over."""
     return views(to_tiles(decode(image_bytes), tile_size, max_tiles))
-
-
-def tiles_per_image(height: int, width: int, tile_size: int, max_tiles: int) -> int:
-    """Python twin of ``tile_grid`` for planning (cost estimates, docs)."""
-    shrink = max(1.0, math.sqrt((height / tile_size) * (width / tile_size) / max_tiles))
-    rows, cols = tile_grid(height, width, tile_size, max_tiles)
-    del shrink
-    return int(rows) * int(cols)

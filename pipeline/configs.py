@@ -54,6 +54,8 @@ FINE_TUNE_LEARNING_RATE = _env_float(
 FINE_TUNE_FRACTION = _env_float("HISTO_FINE_TUNE_FRACTION", TRAINER_DEFAULTS["fine_tune_fraction"])
 DROPOUT = _env_float("HISTO_DROPOUT", TRAINER_DEFAULTS["dropout"])
 HEAD_L2 = _env_float("HISTO_HEAD_L2", TRAINER_DEFAULTS["head_l2"])
+# How the operating threshold is chosen on the eval split (recipe.THRESHOLD_RULES).
+THRESHOLD_RULE = _env("HISTO_THRESHOLD_RULE", TRAINER_DEFAULTS["threshold_rule"])
 SEED = _env_int("HISTO_SEED", TRAINER_DEFAULTS["seed"])
 
 # Optional Tuner between Transform and Trainer (off: each trial costs about one training).
@@ -123,6 +125,7 @@ def trainer_config() -> dict[str, Any]:
         "dropout": DROPOUT,
         "head_l2": HEAD_L2,
         "max_tiles": MAX_TILES,
+        "threshold_rule": THRESHOLD_RULE,
         "seed": SEED,
     }
 

@@ -78,7 +78,8 @@ def test_predict_answers_real_crops_and_reports_bad_files(local, crops, bad_file
             assert "error" not in result, result
             p = result["probability_malignant"]
             assert 0.0 <= p <= 1.0
-            assert result["class_name"] == features.LABEL_NAMES[int(p >= 0.5)]
+            assert 0.0 < result["threshold"] < 1.0  # the model's own operating threshold
+            assert result["class_name"] == features.LABEL_NAMES[int(p >= result["threshold"])]
     errors = {r["file"]: r["error"] for r in results if "error" in r}
     assert errors[bad_files["empty"]] == "empty file (0 bytes)"
     assert errors[bad_files["text"]].startswith("not an image")
@@ -86,6 +87,30 @@ def test_predict_answers_real_crops_and_reports_bad_files(local, crops, bad_file
     assert errors[bad_files["small"]].startswith("image too small: 16x16 px")
     gray = next(r for r in results if r["file"] == bad_files["gray"])
     assert "converted L to RGB" in gray["notes"]
+
+
+def test_predict_answers_per_patient_from_its_images(local, crops, bad_files):
+    """A patient's answer is the mean probability of its answered images, at the threshold."""
+    document = predict.predict_files(crops + [bad_files["text"]], local)
+    by_file = {r["file"]: r for r in document["results"]}
+    patients = {p["patient_id"]: p for p in document["patients"]}
+    # The crops' BreakHis names carry their slide; the rule groups slides into patients.
+    expected: dict[str, list[float]] = {}
+    for path in crops:
+        patient = predict.patient_of_file(path)
+        assert patient == by_file[path]["patient_id"] and "-" in patient
+        expected.setdefault(patient, []).append(by_file[path]["probability_malignant"])
+    for patient, probabilities in expected.items():
+        row = patients[patient]
+        assert row["answered"] == len(probabilities)
+        assert row["probability_malignant"] == pytest.approx(np.mean(probabilities))
+        threshold = row["threshold"]
+        assert row["class_name"] == features.LABEL_NAMES[int(np.mean(probabilities) >= threshold)]
+    # A file without a patient in its name belongs to its folder; unanswered, it has no mean.
+    folder = patients[os.path.basename(os.path.dirname(bad_files["text"]))]
+    assert folder["answered"] == 0 and "probability_malignant" not in folder
+    one = predict.predict_files(crops, local, patient="P-1")["patients"]
+    assert [p["patient_id"] for p in one] == ["P-1"] and one[0]["answered"] == len(crops)
 
 
 def test_local_answers_equal_the_exported_signature(local, model_dir, crops):

@@ -263,17 +263,44 @@ def pick_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return max(THRESHOLD_GRID, key=lambda t: (round(balanced_accuracy(t), 9), -abs(t - 0.5)))
 
 
-def calibrate(logits: np.ndarray, labels: np.ndarray) -> Calibration:
-    """Temperature, then threshold, both from the eval split (never the test split)."""
+THRESHOLD_RULES = ("balanced_prior", "eval_balanced_accuracy", "eval_sensitivity")
+MIN_SENSITIVITY = 0.9  # the eval_sensitivity rule: the highest threshold that keeps this
+
+
+def pick_threshold_for_sensitivity(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The highest grid threshold whose eval sensitivity is at least MIN_SENSITIVITY."""
+    positives = probabilities[labels == 1]
+    kept = [t for t in THRESHOLD_GRID if np.mean(positives >= t) >= MIN_SENSITIVITY]
+    return max(kept) if kept else THRESHOLD_GRID[0]
+
+
+def calibrate(
+    logits: np.ndarray, labels: np.ndarray, rule: str = "eval_balanced_accuracy"
+) -> Calibration:
+    """Temperature from the eval split (never the test split), then the threshold by ``rule``:
+
+    - ``balanced_prior``: 0.5, the class-balanced head's own balance point (a temperature
+      does not move it): nothing is fitted to the few eval patients;
+    - ``eval_balanced_accuracy``: the best balanced accuracy on the eval split;
+    - ``eval_sensitivity``: the highest threshold with eval sensitivity >= MIN_SENSITIVITY.
+    """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}: use one of {THRESHOLD_RULES}")
     if len(set(labels.tolist())) < 2:
         logging.warning("eval split holds one class: temperature 1, threshold 0.5")
         return Calibration()
     temperature = fit_temperature(logits, labels)
     probabilities = 1.0 / (1.0 + np.exp(-logits / temperature))
+    threshold = {
+        "balanced_prior": lambda: DEFAULT_THRESHOLD,
+        "eval_balanced_accuracy": lambda: pick_threshold(probabilities, labels),
+        "eval_sensitivity": lambda: pick_threshold_for_sensitivity(probabilities, labels),
+    }[rule]()
     return Calibration(
         temperature=float(temperature),
-        threshold=pick_threshold(probabilities, labels),
-        fitted_on=f"eval split: {len(labels)} images, {int(labels.sum())} malignant",
+        threshold=float(threshold),
+        fitted_on=f"eval split: {len(labels)} images, {int(labels.sum())} malignant; "
+        f"threshold rule {rule}",
     )
 
 
@@ -337,6 +364,6 @@ def train(
             model, train_features, eval_features, hp, callbacks("head_after_fine_tune")
         )
     eval_logits = head_logits(model, eval_features[0])
-    calibration = calibrate(eval_logits, eval_features[1])
+    calibration = calibrate(eval_logits, eval_features[1], str(hp["threshold_rule"]))
     logging.info("calibration: %s", calibration)
     return TrainedClassifier(model, backbone, calibration, history, eval_logits, eval_features[1])
