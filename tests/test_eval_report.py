@@ -15,6 +15,7 @@ from components.eval_report import derive, html_report, sources
 from components.eval_report.tfma_reader import EvalData
 from histo_testlib import node_states
 from modules import features
+from modules.trainer import export
 
 SECTIONS = (
     "blessing",
@@ -147,31 +148,37 @@ def test_report_numbers_are_tfmas(first_run, report):
     tfma_values = _tfma_overall(first_run["summary"]["evaluation_uri"])
     content, page = report["json"], report["html"]
     overall = _section(page, "overall")
-    for name in ("auc", "auc_pr", "binary_accuracy", "precision", "sensitivity", "specificity"):
+    for name in ("auc", "auc_pr", "precision"):
         value = tfma_values[name].double_value.value
         assert content["overall"][name] == pytest.approx(value, abs=1e-12), name
         assert f"<td>{name}</td><td>{value:.4f}</td>" in overall, name
     count = int(tfma_values["example_count"].double_value.value)
     assert content["overall"]["example_count"] == count
-    matrix = tfma_values["confusion_matrix_at_thresholds"].confusion_matrix_at_thresholds
-    (at_threshold,) = [m for m in matrix.matrices if m.threshold == pytest.approx(0.5)]
+    # The operating point is the model's own threshold (chosen on the eval split, stored in
+    # the model), read from TFMA's confusion matrix at exactly that threshold.
+    metadata = export.read_metadata(first_run["summary"]["pushed_to"])
+    threshold = metadata["calibration"]["threshold"]
     op = content["operating_point"]
-    assert (op["tp"], op["fp"], op["tn"], op["fn"]) == (
-        int(at_threshold.true_positives),
-        int(at_threshold.false_positives),
-        int(at_threshold.true_negatives),
-        int(at_threshold.false_negatives),
-    )
+    assert op["threshold"] == threshold
+    matrix = tfma_values["confusion_matrix_at_thresholds"].confusion_matrix_at_thresholds
+    (at_threshold,) = [m for m in matrix.matrices if m.threshold == pytest.approx(threshold)]
+    tp, fp = int(at_threshold.true_positives), int(at_threshold.false_positives)
+    tn, fn = int(at_threshold.true_negatives), int(at_threshold.false_negatives)
+    assert (op["tp"], op["fp"], op["tn"], op["fn"]) == (tp, fp, tn, fn)
+    assert content["overall"]["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert content["overall"]["specificity"] == pytest.approx(tn / (tn + fp))
+    assert content["overall"]["accuracy"] == pytest.approx((tp + tn) / count)
     section = _section(page, "operating-point")
     assert f"<td>true malignant</td><td>{op['fn']}</td><td>{op['tp']}</td>" in section
-    assert f"{tfma_values['sensitivity'].double_value.value:.4f}" in section
+    assert f"{tp / (tp + fn):.4f}" in section
     # Calibration: every evaluated image in one bin, ECE from TFMA's buckets.
     calibration = content["calibration"]
     assert sum(b["count"] for b in calibration["bins"]) == count
     assert f"{calibration['expected_calibration_error']:.4f}" in _section(page, "calibration")
     # ROC from TFMA's matrices; its endpoints are the trivial thresholds.
-    assert content["curves"]["roc"][0] == [0.0, 0.0] or content["curves"]["roc"][0][0] == 0.0
-    assert content["curves"]["roc"][-1] == [1.0, 1.0]
+    roc = content["curves"]["roc"]
+    assert roc[0] == [0.0, 0.0] and roc[-1] == [1.0, 1.0]
+    assert all(a <= b for a, b in zip(roc, roc[1:], strict=False))
 
 
 def test_report_slices_and_patients_are_tfmas(first_run, report):

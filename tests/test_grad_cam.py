@@ -137,3 +137,19 @@ def test_grad_cam_ran_in_the_pipeline_and_wrote_its_gallery(first_run, demo_data
     for tile in summary["tiles"]:
         assert os.path.getsize(os.path.join(gallery_dir, tile["png"])) > 0
         assert tile["png"] in html
+
+
+def test_grad_cam_works_on_the_recipes_classifier_whose_head_is_shared():
+    """The recipe trains the head as a model of its own (shared layers); Grad-CAM must still
+    find the head chain of the tile classifier."""
+    from modules.trainer import recipe, trainer_module
+
+    tf.keras.utils.set_random_seed(0)
+    model, backbone = recipe.build(
+        trainer_module.hyperparameters({"image_size": SIZE, "weights": "random"})
+    )
+    recipe.head_logits(model, np.zeros((1, model.get_layer("pool").output_shape[-1]), "float32"))
+    result = cam.grad_cam(model, np.random.default_rng(0).random((2, SIZE, SIZE, 3)), "out_relu")
+    assert result.heatmaps.shape == (2, SIZE, SIZE)
+    expected = model(np.random.default_rng(0).random((2, SIZE, SIZE, 3)), training=False)
+    np.testing.assert_allclose(result.probabilities, np.reshape(expected, [-1]), rtol=1e-5)

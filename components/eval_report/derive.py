@@ -29,11 +29,14 @@ def count(value: float) -> int | float:
 
 
 def roc_points(matrices: list[dict[str, float]]) -> list[tuple[float, float]]:
-    """(false positive rate, true positive rate) per threshold, by increasing FPR."""
+    """(false positive rate, true positive rate) per threshold, by increasing FPR, with the
+    curve's own endpoints: (0, 0) above every score (TFMA's grid stops at 0.999, and a
+    confident image may score higher) and (1, 1) below every score."""
     points = [
         (_ratio(m["fp"], m["fp"] + m["tn"]), _ratio(m["tp"], m["tp"] + m["fn"])) for m in matrices
     ]
-    return sorted(p for p in points if p[0] == p[0] and p[1] == p[1])
+    defined = {p for p in points if p[0] == p[0] and p[1] == p[1]}
+    return sorted(defined | ({(0.0, 0.0), (1.0, 1.0)} if defined else set()))
 
 
 def pr_points(matrices: list[dict[str, float]]) -> list[tuple[float, float]]:

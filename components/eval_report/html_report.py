@@ -83,7 +83,8 @@ def _operating_point(op: dict[str, Any]) -> str:
         ],
     )
     return (
-        f"<p>Decision threshold {_e(op['threshold'])}: P(malignant) above it means malignant.</p>"
+        f"<p>Operating threshold {_e(op['threshold'])}, the model's own (chosen on the eval "
+        "split by the Trainer): P(malignant) at or above it means malignant.</p>"
         f"{matrix}<p>sensitivity (malignant found) = <b>{_e(op['sensitivity'])}</b> &middot; "
         f"specificity (benign cleared) = <b>{_e(op['specificity'])}</b></p>"
     )

@@ -63,11 +63,15 @@ def _head_layers(model: tf.keras.Model, backbone: tf.keras.layers.Layer) -> list
     members = {id(layer) for layer in model.layers}
     chain, layer = [], backbone
     while True:
-        following = [
-            node.outbound_layer
-            for node in layer.outbound_nodes
-            if id(node.outbound_layer) in members
-        ]
+        # One layer may be called again outside this model (the Trainer's head-only model
+        # shares the head's layers): each distinct following layer counts once.
+        following = list(
+            {
+                id(node.outbound_layer): node.outbound_layer
+                for node in layer.outbound_nodes
+                if id(node.outbound_layer) in members
+            }.values()
+        )
         if not following:
             return chain
         if len(following) > 1:

@@ -133,7 +133,7 @@ def export_tflite(
 ) -> dict:
     """Writes model.tflite and tflite_report.json under ``out``; returns the report."""
     model = model_io.load_classifier(model_uri)
-    size = model_io.image_size(model)
+    size = model_io.tile_size(model)
     per_class = max(1, max_images // (2 * len(splits)))
     selected = [
         item for split in splits for item in audit_set.load_audit_set(examples, split, per_class)

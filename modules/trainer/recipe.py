@@ -163,7 +163,7 @@ def fit_head(
     hp: dict[str, Any],
     callbacks: list[tf.keras.callbacks.Callback],
 ) -> dict[str, list[float]]:
-    """Trains the head on cached features: full batch, class-balanced, early stopping."""
+    """Trains the head on cached features: mini-batches, class-balanced, early stopping."""
     x, y = train
     norm = model.get_layer("feature_norm")
     norm.adapt(x)
