@@ -64,7 +64,6 @@ ARM_SETTINGS: dict[str, dict] = {
     "recipe": {},
     "recipe-densenet121": {"backbone": "densenet121"},
     "recipe-no-views": {"no_views": True},
-    "threshold-balanced-prior": {"threshold_rule": "balanced_prior"},
     "threshold-eval-bal-acc": {"threshold_rule": "eval_balanced_accuracy"},
     "threshold-eval-sens": {"threshold_rule": "eval_sensitivity"},
     "fine-tune": {"epochs_fine_tune": 2},
