@@ -89,7 +89,11 @@ def at_threshold(metrics: dict[str, Any], threshold: float) -> dict[str, float]:
     nan = float("nan")
     if not matrix:
         return {"sensitivity": nan, "specificity": nan, "accuracy": nan}
-    tp, fp, tn, fn = (count(matrix[k]) for k in ("tp", "fp", "tn", "fn"))
+    return confusion_summary(*(count(matrix[k]) for k in ("tp", "fp", "tn", "fn")))
+
+
+def confusion_summary(tp: int, fp: int, tn: int, fn: int) -> dict[str, float]:
+    """The counts with sensitivity, specificity and accuracy (NaN where undefined)."""
     return {
         "tp": tp,
         "fp": fp,
@@ -145,13 +149,7 @@ def patients(data: EvalData, threshold: float) -> dict[str, Any]:
     fp = sum(r["label"] == 0 and r["called"] == 1 for r in known)
     aggregate = {
         "patients": len(rows),
-        "tp": tp,
-        "fp": fp,
-        "tn": tn,
-        "fn": fn,
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
-        "accuracy": _ratio(tp + tn, len(known)),
+        **confusion_summary(tp, fp, tn, fn),
         "auc": roc_auc([r["label"] for r in known], [r["score"] for r in known]),
     }
     return {"rows": rows, "aggregate": aggregate}
