@@ -356,3 +356,20 @@ def test_a_gpu_gets_mirrored_strategy_and_mixed_precision(monkeypatch, restore_p
     with strategy.scope():
         model, _ = recipe.build(tiny_settings())
     assert model.output.dtype == tf.float32
+
+
+def test_the_recipe_trains_and_fine_tunes_under_mirrored_strategy(weights_file, splits):
+    """What a GPU node runs (MirroredStrategy; here over the CPU): head, fine-tuning, head."""
+    tf.keras.utils.set_random_seed(0)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    hp = tiny_settings(weights=weights_file, epochs_head=3, epochs_fine_tune=1)
+    trained = recipe.train(
+        pairs(splits["train_images"], splits["train_labels"]),
+        pairs(splits["eval_images"], splits["eval_labels"]),
+        hp,
+        fine_tune_steps=2,
+        strategy=strategy,
+    )
+    assert set(trained.history) == {"head", "fine_tune", "head_after_fine_tune"}
+    assert len(trained.history["fine_tune"]["loss"]) == 1
+    assert len(trained.eval_logits) == len(splits["eval_labels"])

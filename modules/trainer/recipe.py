@@ -162,16 +162,20 @@ def fit_head(
     evaluation: tuple[np.ndarray, np.ndarray],
     hp: dict[str, Any],
     callbacks: list[tf.keras.callbacks.Callback],
+    strategy: tf.distribute.Strategy | None = None,
 ) -> dict[str, list[float]]:
-    """Trains the head on cached features: mini-batches, class-balanced, early stopping."""
+    """Trains the head on cached features: mini-batches, class-balanced, early stopping.
+
+    Under the strategy the classifier was built in (its variables live there)."""
     x, y = train
-    norm = model.get_layer("feature_norm")
-    norm.adapt(x)
-    head = _head(model)
-    head.compile(
-        optimizer=tf.keras.optimizers.Adam(float(hp["learning_rate"])),
-        loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
-    )
+    with (strategy or tf.distribute.get_strategy()).scope():
+        norm = model.get_layer("feature_norm")
+        norm.adapt(x)
+        head = _head(model)
+        head.compile(
+            optimizer=tf.keras.optimizers.Adam(float(hp["learning_rate"])),
+            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+        )
     watch = [
         _ValidationAuc(*evaluation),
         tf.keras.callbacks.EarlyStopping(
@@ -352,7 +356,9 @@ def train(
         "head on cached features: %d train images, %d eval images, %d features",
         *(len(train_features[1]), len(eval_features[1]), train_features[0].shape[1]),
     )
-    history["head"] = fit_head(model, train_features, eval_features, hp, callbacks("head"))
+    history["head"] = fit_head(
+        model, train_features, eval_features, hp, callbacks("head"), strategy
+    )
     if int(hp["epochs_fine_tune"]) > 0 and float(hp["fine_tune_fraction"]) > 0:
         with strategy.scope():
             steps = fine_tune_steps or max(1, len(train_features[1]) // int(hp["batch_size"]))
@@ -361,7 +367,7 @@ def train(
             )
         train_features, eval_features = read_features(None)  # the backbone has changed
         history["head_after_fine_tune"] = fit_head(
-            model, train_features, eval_features, hp, callbacks("head_after_fine_tune")
+            model, train_features, eval_features, hp, callbacks("head_after_fine_tune"), strategy
         )
     eval_logits = head_logits(model, eval_features[0])
     calibration = calibrate(eval_logits, eval_features[1], str(hp["threshold_rule"]))
