@@ -83,8 +83,9 @@ def _operating_point(op: dict[str, Any]) -> str:
         ],
     )
     return (
-        f"<p>Operating threshold {_e(op['threshold'])}, the model's own (chosen on the eval "
-        "split by the Trainer): P(malignant) at or above it means malignant.</p>"
+        f"<p>Operating threshold {_e(op['threshold'])}, the model's own (set by the Trainer's "
+        "threshold rule, stored with the model): P(malignant) at or above it means "
+        "malignant.</p>"
         f"{matrix}<p>sensitivity (malignant found) = <b>{_e(op['sensitivity'])}</b> &middot; "
         f"specificity (benign cleared) = <b>{_e(op['specificity'])}</b></p>"
     )
