@@ -269,6 +269,29 @@ def test_calibrate_falls_back_to_defaults_on_one_class():
     assert (calibration.temperature, calibration.threshold) == (1.0, 0.5)
 
 
+def test_a_channel_constant_in_training_cannot_swamp_the_logit():
+    """A ReLU channel dead on every training image (common on small or synthetic sets) must
+    not get a weight of 1/epsilon: later activations there would decide every prediction."""
+    rng = np.random.default_rng(0)
+    train = rng.normal(1.0, 0.3, (64, 8)).astype(np.float32)
+    train[:, 0] = 0.0  # dead on the training split
+    labels = (train[:, 1] > 1.0).astype(int)
+    inputs = tf.keras.Input((1, 1, 8))
+    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(inputs)
+    x = tf.keras.layers.Normalization(name="feature_norm")(x)
+    x = tf.keras.layers.Dropout(0.0, name="head_dropout")(x)
+    x = tf.keras.layers.Dense(1, name="malignant_logit")(x)
+    model = tf.keras.Model(inputs, x)
+    hp = {"learning_rate": 0.05, "early_stopping_patience": 5, "head_batch_size": 16}
+    recipe.fit_head(model, (train, labels), (train, labels), {**hp, "epochs_head": 20}, [])
+    probe = train[:4].copy()
+    moved = probe.copy()
+    moved[:, 0] = 0.01  # a small activation, a few % of a typical feature's spread
+    change = recipe.head_logits(model, moved) - recipe.head_logits(model, probe)
+    assert np.abs(change).max() < 1.0
+    assert recipe.roc_auc(labels.tolist(), recipe.head_logits(model, train).tolist()) > 0.9
+
+
 # --------------------------------------------------------------------------- the recipe
 
 

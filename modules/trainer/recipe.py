@@ -38,6 +38,10 @@ from modules.trainer.model import build_classifier, freeze_backbone, unfreeze_to
 THRESHOLD_GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))
 TEMPERATURE_GRID = tuple(float(t) for t in np.exp(np.linspace(math.log(0.05), math.log(20), 241)))
 DEFAULT_THRESHOLD, DEFAULT_TEMPERATURE = 0.5, 1.0
+# Smallest variance the standardisation divides by, as a fraction of the mean feature
+# variance: a channel (nearly) constant on the training split would otherwise get a weight of
+# up to 1/epsilon, and any later activation there (another image, int8 weights) swamps the logit.
+VARIANCE_FLOOR = 0.01
 
 Images = Callable[[], tf.data.Dataset]  # () -> dataset of (encoded image, label) pairs
 
@@ -156,6 +160,15 @@ class _ValidationAuc(tf.keras.callbacks.Callback):
             logs["val_auc"] = 0.5 if math.isnan(auc) else auc
 
 
+def adapt_standardisation(norm: tf.keras.layers.Normalization, features: np.ndarray) -> None:
+    """Adapts ``norm`` to the features, with variances floored at ``VARIANCE_FLOOR`` x mean."""
+    norm.adapt(features)
+    variance = norm.adapt_variance.numpy()
+    floor = VARIANCE_FLOOR * float(variance.mean()) or 1.0  # all constant: leave them be
+    norm.adapt_variance.assign(np.maximum(variance, floor))
+    norm.finalize_state()
+
+
 def fit_head(
     model: tf.keras.Model,
     train: tuple[np.ndarray, np.ndarray],
@@ -169,8 +182,7 @@ def fit_head(
     Under the strategy the classifier was built in (its variables live there)."""
     x, y = train
     with (strategy or tf.distribute.get_strategy()).scope():
-        norm = model.get_layer("feature_norm")
-        norm.adapt(x)
+        adapt_standardisation(model.get_layer("feature_norm"), x)
         head = _head(model)
         head.compile(
             optimizer=tf.keras.optimizers.Adam(float(hp["learning_rate"])),
