@@ -7,6 +7,7 @@ in paths, Beam options and the metadata connection.
 from typing import Any
 
 import tensorflow_model_analysis as tfma
+from google.protobuf import wrappers_pb2
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
@@ -67,6 +68,7 @@ def create_eval_config(min_auc: float, max_auc_drop: float) -> tfma.EvalConfig:
         model_specs=[
             tfma.ModelSpec(
                 signature_name="serving_default",
+                model_type=tfma.TF_GENERIC,
                 label_key=features.LABEL_KEY,
                 prediction_key=features.PROBABILITY_OUTPUT,
                 preprocessing_function_names=["transform_features"],
@@ -80,6 +82,10 @@ def create_eval_config(min_auc: float, max_auc_drop: float) -> tfma.EvalConfig:
             tfma.SlicingSpec(feature_keys=[features.SUBTYPE_KEY]),
             tfma.SlicingSpec(feature_keys=[features.PATIENT_ID_KEY]),
         ],
+        # Only the metrics declared below: the model's compiled Keras metrics would be
+        # computed too, each combiner reloading the SavedModel (most of the Evaluator's time),
+        # and a Keras "auc" could be mistaken for the gated one.
+        options=tfma.Options(include_default_metrics=wrappers_pb2.BoolValue(value=False)),
         metrics_specs=[
             tfma.MetricsSpec(
                 metrics=[

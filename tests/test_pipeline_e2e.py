@@ -36,6 +36,20 @@ def test_every_component_runs_and_a_blessed_model_is_pushed(first_run):
     assert summary["pushed_to"].endswith(pushed_versions(output)[0])
 
 
+def test_component_times_reads_the_first_run_from_ml_metadata(first_run):
+    from benchmarks import component_times
+
+    first = component_times.run_times(local_runner.metadata_path(first_run["output"]))[0]
+    by_node = {n.node: n for n in first.nodes}
+    assert set(by_node) == ALL_NODES
+    assert by_node["Trainer"].state == "COMPLETE" and by_node["Trainer"].seconds > 1
+    assert max(n.seconds for n in first.nodes) <= first.wall_seconds
+    # The nodes ran one after another (LocalDagRunner): their seconds add up to the wall.
+    assert sum(n.seconds for n in first.nodes) == pytest.approx(first.wall_seconds, rel=0.2)
+    table = component_times.format_run(first)
+    assert table.splitlines()[2].startswith(max(first.nodes, key=lambda n: n.seconds).node)
+
+
 def test_pushed_model_predicts_raw_images_through_its_signatures(first_run, demo_data):
     model_dir = first_run["summary"]["pushed_to"]
     loaded = tf.saved_model.load(model_dir)
