@@ -8,16 +8,22 @@ the model was pushed; a run stopped by a data gate (leakage, schema, drift) says
 and why, and exits with status 2, leaving the serving model as it was.
 """
 
+import sys
+
+if __name__ == "__main__":  # before TensorFlow is imported: its start-up lines go to the log
+    from pipeline import console
+
+    console.start(sys.argv[1:])
+
 import argparse
 import importlib.util
 import logging
 import os
 
-from absl import logging as absl_logging
 from tfx import v1 as tfx
 
 from components.gate_error import DataGateError
-from pipeline import configs, pipeline, run_summary
+from pipeline import configs, console, pipeline, run_summary
 
 
 def module_file(dotted: str) -> str:
@@ -26,6 +32,23 @@ def module_file(dotted: str) -> str:
     if spec is None or not spec.origin:
         raise ValueError(f"module {dotted!r} not found on the Python path")
     return spec.origin
+
+
+def local_beam_args(data_root: str, mode: str | None = None) -> list[str]:
+    """configs' Beam options for this data: one process for small data, every core above."""
+    mode = mode or configs.BEAM_MODE
+    if mode == "auto":
+        size = sum(
+            os.path.getsize(os.path.join(folder, name))
+            for folder, _, names in os.walk(data_root)
+            for name in names
+        )
+        mode = "in_memory" if size < configs.SMALL_DATA_BYTES else "multi_processing"
+    if mode == "in_memory":
+        return list(configs.LOCAL_BEAM_IN_MEMORY_ARGS)
+    if mode == "multi_processing":
+        return list(configs.LOCAL_BEAM_PIPELINE_ARGS)
+    raise ValueError(f"HISTO_BEAM_MODE={mode!r}: expected auto, in_memory or multi_processing")
 
 
 def build(data_root: str, output_dir: str, **overrides) -> tfx.dsl.Pipeline:
@@ -41,7 +64,7 @@ def build(data_root: str, output_dir: str, **overrides) -> tfx.dsl.Pipeline:
         "trainer_module": module_file(configs.TRAINER_MODULE),
         "tuner_module": module_file(configs.TUNER_MODULE),
         "serving_model_dir": os.path.join(output_dir, "serving_model", configs.PIPELINE_NAME),
-        "beam_pipeline_args": configs.LOCAL_BEAM_PIPELINE_ARGS,
+        "beam_pipeline_args": local_beam_args(data_root),
         "metadata_connection_config": (
             tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path(output_dir))
         ),
@@ -55,25 +78,32 @@ def metadata_path(output_dir: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    terminal = console.start(argv)
+    parser = argparse.ArgumentParser(description=__doc__, parents=[console.arguments()])
     parser.add_argument("--data-root", default=os.environ.get("HISTO_DATA_ROOT"), required=False)
-    parser.add_argument("--output-dir", default=os.environ.get("HISTO_OUTPUT_DIR", "outputs"))
     args = parser.parse_args(argv)
     if not args.data_root:
         parser.error("--data-root (or HISTO_DATA_ROOT) is required: a folder holding span-N/")
-    absl_logging.set_verbosity(absl_logging.INFO)
-    logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # worker chatter
+    lines = console.attach_logging(terminal)
     output_dir = os.path.abspath(args.output_dir)
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
         metadata_path(output_dir)
     )
+    terminal.say(f"{configs.PIPELINE_NAME}: data {os.path.abspath(args.data_root)}")
     try:
         tfx.orchestration.LocalDagRunner().run(build(args.data_root, output_dir))
     except DataGateError as stopped:
-        print(run_summary.format_stopped(str(stopped), run_summary.summarize(connection)))
+        console.finish(
+            terminal, run_summary.format_stopped(str(stopped), run_summary.summarize(connection))
+        )
         return 2
-    print(run_summary.format_summary(run_summary.summarize(connection)))
+    except Exception as error:  # noqa: BLE001 - said in one line; the traceback is in the log
+        logging.exception("the run failed")
+        where = f" in {lines.node}" if lines.node else ""
+        console.finish(terminal, f"failed{where}: {type(error).__name__}: {error}")
+        return 1
+    console.finish(terminal, run_summary.format_summary(run_summary.summarize(connection)))
     return 0
 
 

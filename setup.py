@@ -26,6 +26,7 @@ setup(
             for suffix in ("", ".*")
         ]
     ),
+    package_data={"serving": ["templates/*.html"]},
     py_modules=["local_runner", "kubeflow_runner", "kubeflow_v2_runner"],
     install_requires=[
         "tfx[kfp]==1.15.1",
@@ -33,14 +34,25 @@ setup(
         "pillow>=10",
         "numpy<2",
         "scipy",
+        "flask>=3.1,<3.2",  # serving/web.py, the pathologist's page
+        "waitress>=3,<4",  # its WSGI server
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout", "ruff", "scikit-image", "scikit-learn"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout",
+            "ruff",
+            "scikit-image",
+            "scikit-learn",
+            "selenium>=4.30,<5",  # drives Debian's chromium in tests/test_web_browser.py
+        ],
     },
     entry_points={
         "console_scripts": [
             "histo-preprocess=preprocessing.cli:main",
             "histo-demo-data=demo.generate:main",
+            "histo-predict=serving.predict:main",
+            "histo-web=serving.web:main",
         ]
     },
 )

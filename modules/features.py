@@ -40,6 +40,11 @@ PROBABILITY_OUTPUT = "probability"  # malignant probability
 CLASS_OUTPUT = "class_id"
 CLASS_NAME_OUTPUT = "class_name"
 THRESHOLD_OUTPUT = "threshold"  # the model's operating threshold, so clients can aggregate
+# ``explain_image`` also returns Grad-CAM maps over the whole image, [HEATMAP_SIDE]^2 each,
+# in [0, 1] (stretch to the image's own size to overlay): evidence for each class.
+HEATMAP_OUTPUT = "heatmap"
+BENIGN_HEATMAP_OUTPUT = "benign_heatmap"
+HEATMAP_SIDE = 64
 
 # Default training-time image side; configs may override it per pipeline.
 DEFAULT_IMAGE_SIZE = 224

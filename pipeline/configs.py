@@ -102,6 +102,16 @@ LOCAL_BEAM_PIPELINE_ARGS: list[str] = [
     "--direct_running_mode=multi_processing",
     "--direct_num_workers=0",
 ]
+# Small data runs in one process instead: each worker process imports TensorFlow (and the
+# Evaluator's loads the model), 10-15 s per Beam component, more than the work on a demo span.
+# HISTO_BEAM_MODE: auto (by the size of the data root), in_memory or multi_processing.
+LOCAL_BEAM_IN_MEMORY_ARGS: list[str] = [
+    beam_runner.RUNNER_ARG,
+    "--direct_running_mode=in_memory",
+    "--direct_num_workers=1",
+]
+BEAM_MODE = _env("HISTO_BEAM_MODE", "auto")
+SMALL_DATA_BYTES = _env_int("HISTO_SMALL_DATA_BYTES", 256 * 2**20)  # TFRecords under data root
 
 
 def drift_thresholds() -> str:

@@ -7,10 +7,11 @@ or Spark (``--runner=DataflowRunner --project=... --region=... --temp_location=g
 import argparse
 import json
 import logging
+import os
 import sys
+import warnings
 
 from preprocessing import layouts, patients, splits
-from preprocessing.beam_job import PreprocessingError, preprocess
 from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 
 
@@ -55,8 +56,17 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Beam's GCP dependencies warn about this Python at import, in this process and in each
+    # worker subprocess (which inherits the environment): not the user's concern.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+    from preprocessing.beam_job import PreprocessingError, preprocess  # after the filters
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # worker chatter, not progress
+    # The DirectRunner relays each worker's start-up notices ("No semi_persistent_directory")
+    # as warnings; a failing worker still fails the job with its error.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     args, beam_args = build_parser().parse_known_args(argv)
     try:
         ratios = splits.parse_ratios(args.split_ratios)

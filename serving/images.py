@@ -63,6 +63,12 @@ def prepare(path: str, min_side: int = MIN_SIDE) -> Prepared:
             data = f.read()
     except OSError as error:
         raise BadImageError(f"cannot read file: {error.strerror or error}") from error
+    return prepare_bytes(path, data, min_side)
+
+
+def prepare_bytes(name: str, data: bytes, min_side: int = MIN_SIDE) -> Prepared:
+    """``prepare`` for bytes already in memory (an upload): same checks, same repairs."""
+    path = name
     if not data:
         raise BadImageError("empty file (0 bytes)")
     try:

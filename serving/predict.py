@@ -19,13 +19,15 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from modules import features
 from preprocessing import layouts, patients
-from serving import images, rest
+from serving import images, overlays, rest
 
 BATCH = 16
+EXPLAIN = "explain_image"  # the signature that adds Grad-CAM maps (modules/trainer/export.py)
 
 
 class Backend(Protocol):
@@ -80,6 +82,9 @@ class RestBackend:
         return self._client.predict(body)
 
 
+HEATMAPS = (features.HEATMAP_OUTPUT, features.BENIGN_HEATMAP_OUTPUT)
+
+
 def _answer(prediction: dict[str, Any]) -> dict[str, Any]:
     answer = {
         "probability_malignant": float(prediction["probability"]),
@@ -88,17 +93,25 @@ def _answer(prediction: dict[str, Any]) -> dict[str, Any]:
     }
     if prediction.get(features.THRESHOLD_OUTPUT) is not None:
         answer["threshold"] = float(prediction[features.THRESHOLD_OUTPUT])
+    for key in HEATMAPS:  # explain_image: [side][side] lists in [0, 1]
+        if key in prediction:
+            answer[key] = prediction[key]
     return answer
 
 
-def patient_of_file(path: str, rule: str = patients.DEFAULT_RULE) -> str:
-    """The patient a file's name carries (BreakHis, IDC), else the name of its folder."""
-    name = os.path.basename(path)
+def patient_of_name(name: str, rule: str = patients.DEFAULT_RULE) -> str | None:
+    """The patient a file name carries (BreakHis, IDC), or None."""
     try:
-        slide = layouts.parse_path(name)["patient_id"]
+        slide = layouts.parse_path(os.path.basename(name))["patient_id"]
     except (layouts.LayoutError, KeyError, ValueError):
-        return os.path.basename(os.path.dirname(os.path.abspath(path))) or name
+        return None
     return patients.patient_of(slide, rule)
+
+
+def patient_of_file(path: str, rule: str = patients.DEFAULT_RULE) -> str:
+    """The patient a file's name carries, else the name of its folder."""
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return patient_of_name(path, rule) or folder or os.path.basename(path)
 
 
 def patient_answers(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -145,16 +158,31 @@ def predict_files(
     patient_rule: str = patients.DEFAULT_RULE,
 ) -> dict:
     """The JSON document the CLI prints, for any backend."""
+    items = [
+        (path, patient or patient_of_file(path, patient_rule), _reader(path, min_side))
+        for path in paths
+    ]
+    return answer_images(items, backend)
+
+
+def _reader(path: str, min_side: int) -> Callable[[], images.Prepared]:
+    return lambda: images.prepare(path, min_side)
+
+
+def answer_images(
+    items: list[tuple[str, str, Callable[[], images.Prepared]]], backend: Backend
+) -> dict:
+    """(name, patient, prepare) per image -> per image the answer or the reason it has none,
+    and per patient the aggregate. ``prepare`` raises BadImageError for a bad file."""
     info = backend.signature()
     rest.check_signature(info)
     results: list[dict[str, Any]] = [
-        {"file": path, "patient_id": patient or patient_of_file(path, patient_rule)}
-        for path in paths
+        {"file": name, "patient_id": patient} for name, patient, _ in items
     ]
     ready: list[tuple[int, images.Prepared]] = []
-    for index, path in enumerate(paths):
+    for index, (_, _, prepare) in enumerate(items):
         try:
-            prepared = images.prepare(path, min_side)
+            prepared = prepare()
         except images.BadImageError as error:
             results[index]["error"] = str(error)
             continue
@@ -174,13 +202,35 @@ def predict_files(
     }
 
 
+def write_overlays(document: dict, folder: str) -> None:
+    """``--explain``: each answered image's Grad-CAM overlay as a PNG in ``folder``; the
+    document then names the file instead of carrying the map."""
+    os.makedirs(folder, exist_ok=True)
+    for index, result in enumerate(document["results"]):
+        heat = result.pop(features.HEATMAP_OUTPUT, None)
+        result.pop(features.BENIGN_HEATMAP_OUTPUT, None)
+        if heat is None:
+            continue
+        with open(result["file"], "rb") as f:
+            png = overlays.overlay_png(images.prepare_bytes(result["file"], f.read()).data, heat)
+        stem = os.path.splitext(os.path.basename(result["file"]))[0]
+        target = os.path.join(folder, f"{index:03d}_{stem}_gradcam.png")
+        with open(target + ".partial", "wb") as f:
+            f.write(png)
+        os.replace(target + ".partial", target)
+        result["overlay"] = target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, or any PIL format)")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--model-dir", help="a pushed SavedModel version directory")
     where.add_argument("--url", help="TF Serving model URL: http://HOST:8501/v1/models/NAME")
-    parser.add_argument("--signature", default=rest.SIGNATURE)
+    parser.add_argument("--signature", help=f"default {rest.SIGNATURE} ({EXPLAIN} with --explain)")
+    parser.add_argument(
+        "--explain", metavar="DIR", help="also write each image's Grad-CAM overlay into DIR"
+    )
     parser.add_argument("--min-side", type=int, default=images.MIN_SIDE, help="pixels")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--patient", help="all images are of this one patient")
@@ -190,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         help="how slide ids in file names group into patients (preprocessing/patients.py)",
     )
     args = parser.parse_args(argv)
+    args.signature = args.signature or (EXPLAIN if args.explain else rest.SIGNATURE)
     try:
         backend: Backend = (
             LocalBackend(args.model_dir, args.signature)
@@ -206,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     except (rest.SignatureMismatchError, OSError) as error:
         print(json.dumps({"error": f"cannot use the model: {error}"}), file=sys.stderr)
         return 2
+    if args.explain:
+        write_overlays(document, args.explain)
     print(json.dumps(document, indent=2))
     return 1 if any("error" in r for r in document["results"]) else 0
 

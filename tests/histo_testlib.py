@@ -1,7 +1,9 @@
 """Test helpers: paths, Beam options for fast tests, images made on the fly."""
 
 import io
+import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -85,20 +87,53 @@ ALL_NODES = {
 RESOLVERS = {"latest_blessed_model_resolver", "baseline_statistics_resolver", "kfp_ui_viewers"}
 
 
+E2E_EPOCHS = {"epochs_head": 3, "epochs_fine_tune": 1}
+E2E_STEPS = {"train_steps": 40, "eval_steps": 5}
+E2E_MIN_AUC = 0.6
+
+
 def small_settings(**overrides) -> dict:
     """create_pipeline settings for a run of a few minutes on 2 cores."""
     from pipeline import configs
 
     settings = dict(
         image_size=E2E_IMAGE_SIZE,
-        trainer_config={**configs.trainer_config(), "epochs_head": 3, "epochs_fine_tune": 1},
-        train_steps=40,
-        eval_steps=5,
-        min_auc=0.6,
+        trainer_config={**configs.trainer_config(), **E2E_EPOCHS},
+        **E2E_STEPS,
+        min_auc=E2E_MIN_AUC,
         beam_pipeline_args=FAST_BEAM_ARGS,
     )
     settings.update(overrides)
     return settings
+
+
+def run_local_runner(data_root: str, output_dir: str, home: str) -> "subprocess.CompletedProcess":
+    """``python local_runner.py`` as a person runs it, with the small settings as HISTO_*
+    variables, and Beam on every core as for big data (small data would run in-process)."""
+    env = cli_env(
+        home,
+        HISTO_BEAM_MODE="multi_processing",
+        HISTO_IMAGE_SIZE=str(E2E_IMAGE_SIZE),
+        HISTO_EPOCHS_HEAD=str(E2E_EPOCHS["epochs_head"]),
+        HISTO_EPOCHS_FINE_TUNE=str(E2E_EPOCHS["epochs_fine_tune"]),
+        HISTO_TRAIN_STEPS=str(E2E_STEPS["train_steps"]),
+        HISTO_EVAL_STEPS=str(E2E_STEPS["eval_steps"]),
+        HISTO_MIN_AUC=str(E2E_MIN_AUC),
+    )
+    command = [sys.executable, os.path.join(REPO, "local_runner.py")]
+    return subprocess.run(
+        [*command, "--data-root", data_root, "--output-dir", output_dir],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+
+
+def printed_summary(stdout: str) -> dict:
+    """The run summary's JSON line from local_runner's console."""
+    return json.loads(next(line for line in stdout.splitlines() if line.startswith("{")))
 
 
 def run_pipeline(data_root: str, output_dir: str, **overrides) -> dict:

@@ -20,10 +20,13 @@ from ml_metadata.proto import metadata_store_pb2
 import local_runner
 from demo.generate import generate
 from histo_testlib import (
+    ALL_NODES,
     FAST_BEAM_ARGS,
     node_states,
+    printed_summary,
     pushed_versions,
     rewrite_span,
+    run_local_runner,
     run_pipeline,
     shift_stain_and_focus,
 )
@@ -43,6 +46,14 @@ def ct(tmp_path_factory) -> dict:
 def new_span(images: str, data: str) -> dict:
     records, rejects = layouts.discover(images)
     return preprocess(records, rejects, data, (0.7, 0.15, 0.15), beam_args=FAST_BEAM_ARGS)
+
+
+CONSOLE_MAX_LINES = 60  # issue 12: the demo run's console, summary included
+
+
+def pushed_versions_dir(ct: dict) -> str:
+    root = os.path.join(ct["out"], "serving_model", local_runner.configs.PIPELINE_NAME)
+    return os.path.join(root, pushed_versions(ct["out"])[-1])
 
 
 def states(ct: dict) -> dict:
@@ -72,10 +83,25 @@ def latest_input_keys(ct: dict, node: str) -> set[str]:
     }
 
 
-def test_1_first_span_is_blessed_and_pushed(ct):
+def test_1_first_span_is_blessed_and_pushed(ct, tmp_path):
+    """Run as a person runs it (local_runner.py, default Beam options): the console shows a
+    line per component, the trainer's progress and the summary; the rest is in the log."""
     generate(ct["images"], images_per_patient=5, patients_per_class=8, size=128)
     assert new_span(ct["images"], ct["data"])["warnings"] == []
-    summary = run_pipeline(ct["data"], ct["out"])
+    run = run_local_runner(ct["data"], ct["out"], str(tmp_path))
+    lines = run.stdout.splitlines()
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stderr == ""
+    assert len(lines) <= CONSOLE_MAX_LINES, run.stdout
+    log_path = lines[-1].removeprefix("full log: ")
+    assert lines[0].startswith(f"full log: {log_path} ")
+    shown = {line.split()[0] for line in lines if line.startswith("  ") and line.split()[-1] == "s"}
+    assert shown == ALL_NODES, run.stdout
+    for progress in ("features:", "head:", "calibration:"):
+        assert any(line.strip().startswith(progress) for line in lines), run.stdout
+    with open(log_path) as f:
+        assert "Component Trainer is running." in f.read()  # the full log is there
+    summary = printed_summary(run.stdout)
     assert summary["blessed"] and summary["pushed"], summary
     assert len(pushed_versions(ct["out"])) == 1
     assert latest_drift_report(ct)["baseline"] is None  # nothing blessed before
@@ -95,13 +121,16 @@ def test_2_more_patients_retrain_against_the_pushed_baseline(ct):
     assert len(pushed_versions(ct["out"])) == (2 if summary["blessed"] else 1)
 
 
-def test_3_another_lab_and_scanner_stop_at_the_drift_gate(ct):
+def test_3_another_lab_and_scanner_stop_at_the_drift_gate(ct, tmp_path):
     serving = pushed_versions(ct["out"])
     shift_stain_and_focus(ct["images"], ct["lab2"])
     assert new_span(ct["lab2"], ct["data"])["span"] == 3
-    with pytest.raises(RuntimeError, match=r"Data drift in split 'train'") as stopped:
-        run_pipeline(ct["data"], ct["out"])
-    message = str(stopped.value)
+    run = run_local_runner(ct["data"], ct["out"], str(tmp_path))
+    assert run.returncode == 2, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "=== run stopped by a data gate ===" in run.stdout
+    assert f"serving model unchanged: {pushed_versions_dir(ct)}" in run.stdout
+    message = run.stdout.split("=== run stopped by a data gate ===", 1)[1]
+    assert "Data drift in split 'train'" in message
     assert "sharpness: jensen_shannon_divergence" in message
     assert "stain_" in message and "HISTO_ACCEPT_DRIFT=" in message
     now = states(ct)

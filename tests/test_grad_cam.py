@@ -9,9 +9,10 @@ import pytest
 import tensorflow as tf
 
 import local_runner
-from components.grad_cam import audit_set, cam
+from components.grad_cam import audit_set, model_io
 from histo_testlib import node_states
 from modules.trainer import backbones
+from modules.trainer import grad_cam as cam
 from modules.trainer.model import build_classifier
 
 SIZE = 32
@@ -62,6 +63,24 @@ def test_heatmap_mass_follows_the_lesion(blob_model):
     # The row follows too: the lesion at the top has its mass higher than the one at the bottom.
     rows = [cam.centre_of_mass(h)[0] for h in result.heatmaps]
     assert rows[0] < rows[2] and rows[3] < rows[5], rows
+
+
+def test_the_served_image_heatmap_is_the_components_tiles_stitched(blob_model):
+    """``explain_image``'s map (modules/trainer/grad_cam.image_heatmaps, plain TF ops) is the
+    component's per-tile Grad-CAM put back in place, and it points at the lesion's tile."""
+    rng = np.random.default_rng(2)
+    tiles = np.stack([_blob_image(rng, (16, 16) if i == 5 else None) for i in range(6)])
+    network = cam.cam_network(blob_model, "c2")
+    served, benign = cam.image_heatmaps(network, tf.constant(tiles), 2, 3, 64)
+    assert served.shape == benign.shape == (64, 64)
+    component = model_io.TiledImage(tiles, 2, 3).stitch(
+        cam.grad_cam(blob_model, tiles, conv_hint="c2", joint=True).heatmaps
+    )
+    expected = tf.image.resize(component[..., np.newaxis], (64, 64))[..., 0].numpy()
+    assert np.corrcoef(served.numpy().ravel(), expected.ravel())[0, 1] > 0.95
+    row, col = cam.centre_of_mass(served.numpy())
+    assert row > 32 and col > 2 * 64 / 3 - 4  # tile 5: bottom row, right column
+    assert float(tf.reduce_max(served)) == pytest.approx(1.0)
 
 
 def test_unknown_layer_hint_falls_back_to_the_last_feature_map(blob_model):

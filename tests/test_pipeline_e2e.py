@@ -13,9 +13,10 @@ import pytest
 import tensorflow as tf
 
 import local_runner
+from components.grad_cam import model_io
 from histo_testlib import ALL_NODES, REPO, RESOLVERS, node_states, pushed_versions, run_pipeline
 from modules import features
-from modules.trainer import export
+from modules.trainer import export, grad_cam
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +54,8 @@ def test_component_times_reads_the_first_run_from_ml_metadata(first_run):
 def test_pushed_model_predicts_raw_images_through_its_signatures(first_run, demo_data):
     model_dir = first_run["summary"]["pushed_to"]
     loaded = tf.saved_model.load(model_dir)
-    assert {"serving_default", "predict_image", "transform_features"} <= set(loaded.signatures)
+    signatures = {"serving_default", "predict_image", "explain_image", "transform_features"}
+    assert signatures <= set(loaded.signatures)
     metadata = export.read_metadata(model_dir)
     assert metadata["backbone"] == "mobilenet_v2" and metadata["weights_source"]
 
@@ -84,6 +86,23 @@ def test_pushed_model_predicts_raw_images_through_its_signatures(first_run, demo
     assert names == [features.LABEL_NAMES[int(p >= 0.5)] for p in p_bytes]
     # The demo classes are learnable: malignant tiles score higher on average.
     assert p_bytes[labels == 1].mean() > p_bytes[labels == 0].mean()
+
+    # explain_image: the same answer, plus the Grad-CAM maps of the component's math.
+    explained = loaded.signatures["explain_image"](image_bytes=tf.constant(images[:3]))
+    np.testing.assert_allclose(
+        explained[features.PROBABILITY_OUTPUT].numpy(), p_bytes[:3], atol=1e-6
+    )
+    side = features.HEATMAP_SIDE
+    for key in (features.HEATMAP_OUTPUT, features.BENIGN_HEATMAP_OUTPUT):
+        maps = explained[key].numpy()
+        assert maps.shape == (3, side, side) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
+    classifier = tf.keras.models.load_model(model_dir, compile=False)
+    network = grad_cam.cam_network(classifier, metadata["last_conv_layer"])
+    tiled = model_io.tile_image(images[0], metadata["tile_size"], metadata["max_tiles"])
+    expected, _ = grad_cam.image_heatmaps(
+        network, tf.constant(tiled.tiles), tiled.rows, tiled.cols, side
+    )
+    np.testing.assert_allclose(explained[features.HEATMAP_OUTPUT][0], expected, atol=1e-4)
 
 
 def test_identical_rerun_is_served_from_the_cache(first_run, demo_data):

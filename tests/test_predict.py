@@ -206,8 +206,13 @@ def test_serving_errors_are_json_with_an_error_field(serving, path, body, code, 
     assert status == code and words in answer["error"]
 
 
+def _named(kind: str, name: str) -> dict:
+    (found,) = [d for d in _manifests() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
 def test_readiness_probe_of_the_k8s_manifest_answers_available(serving):
-    (deployment,) = [d for d in _manifests() if d["kind"] == "Deployment"]
+    deployment = _named("Deployment", MODEL_NAME)
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     probe = container["readinessProbe"]["httpGet"]["path"]
     status, answer = _json(f"http://127.0.0.1:{serving.port}{probe}")
@@ -250,8 +255,10 @@ def _manifests() -> list[dict]:
 
 
 def test_k8s_manifests_serve_the_pushed_model_with_a_status_readiness_probe():
-    by_kind = {d["kind"]: d for d in _manifests()}
-    assert {"Deployment", "Service", "Kustomization"} <= set(by_kind)
+    by_kind = {
+        "Deployment": _named("Deployment", MODEL_NAME),
+        "Service": _named("Service", MODEL_NAME),
+    }
     pod = by_kind["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"].startswith("tensorflow/serving:")
@@ -270,3 +277,47 @@ def test_k8s_manifests_serve_the_pushed_model_with_a_status_readiness_probe():
         <= by_kind["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
     )
     assert {p["port"] for p in service["ports"]} == {8500, 8501}
+
+
+def test_the_web_page_is_deployed_beside_tf_serving_and_asks_its_service():
+    with open(os.path.join(REPO, "k8s", "kustomization.yaml")) as f:
+        listed = yaml.safe_load(f)["resources"]
+    assert set(listed) == {
+        os.path.basename(p) for p in glob.glob(os.path.join(REPO, "k8s", "*.yaml"))
+    } - {"kustomization.yaml"}
+    (container,) = _named("Deployment", "histopath-web")["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["histo-web"]
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
+    serving_port = {p["name"]: p["port"] for p in _named("Service", MODEL_NAME)["spec"]["ports"]}
+    assert args["url"] == f"http://{MODEL_NAME}:{serving_port['http']}/v1/models/{MODEL_NAME}"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    web_service = _named("Service", "histopath-web")["spec"]
+    assert web_service["ports"][0]["targetPort"] == container["ports"][0]["name"]
+
+
+def test_cli_explain_writes_overlays_over_rest(fake_serving, crops, tmp_path, capsys):
+    folder = tmp_path / "overlays"
+    assert predict.main([crops[0], crops[3], "--url", fake_serving, "--explain", str(folder)]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["signature"] == predict.EXPLAIN
+    for result in document["results"]:
+        assert features.HEATMAP_OUTPUT not in result
+        with Image.open(result["overlay"]) as overlay, Image.open(result["file"]) as original:
+            assert overlay.size == original.size
+    assert sorted(os.listdir(folder)) == sorted(
+        os.path.basename(r["overlay"]) for r in document["results"]
+    )
+
+
+def test_the_web_page_answers_through_tf_serving_rest(fake_serving, serving, crops):
+    from serving import web
+
+    backend = predict.RestBackend(fake_serving, predict.EXPLAIN)
+    facts = web.model_facts(None, fake_serving, None)
+    assert facts.version == serving.version
+    client = web.create_app(backend, facts).test_client()
+    with open(crops[0], "rb") as f:
+        data = {"images": [(io.BytesIO(f.read()), os.path.basename(crops[0]))]}
+    page = client.post("/", data=data, content_type="multipart/form-data").get_data(as_text=True)
+    assert page.count('class="overlay" src="data:image/png;base64,') == 1
+    assert client.get("/healthz").get_json() == {"status": "ok"}

@@ -17,9 +17,10 @@ from tfx.dsl.io import fileio
 from tfx.types.artifact import Artifact
 
 from components import kfp_ui
-from components.grad_cam import audit_set, cam, model_io, render
+from components.grad_cam import audit_set, model_io, render
 from modules import features
 from modules.trainer import export
+from modules.trainer import grad_cam as cam
 
 GALLERY_FILE = "index.html"
 SUMMARY_FILE = "audit_set.json"

@@ -3,6 +3,8 @@
 - ``serving_default``: serialized tf.Examples holding the encoded image (TFX, TFMA, batch);
 - ``predict_image``: raw encoded image bytes, what a TF Serving REST client sends as
   ``{"b64": ...}``;
+- ``explain_image``: raw encoded image bytes -> what ``predict_image`` returns plus Grad-CAM
+  maps over the whole image (``modules/trainer/grad_cam``, the GradCam component's math);
 - ``transform_features``: serialized tf.Examples -> transformed features (for TFMA).
 Both prediction signatures cut each image into native-resolution tiles and their views
 (``modules/image_tiles``), average the tiles' logits, divide by the calibration temperature
@@ -18,8 +20,8 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from modules import features
-from modules.trainer import recipe
+from modules import features, image_tiles
+from modules.trainer import grad_cam, recipe
 
 METADATA_FILE = "training_metadata.json"
 METADATA_DIR = "assets.extra"  # TF Serving's place for files that travel with a model
@@ -36,10 +38,13 @@ def build_signatures(
     tile_size: int,
     max_tiles: int,
     calibration: recipe.Calibration,
+    conv_hint: str | None = None,
 ) -> dict:
-    """The three signatures, sharing one Transform layer tracked by the model."""
+    """The four signatures, sharing one Transform layer tracked by the model."""
     model.tft_layer = tf_transform_output.transform_features_layer()
     model.tile_logit = recipe.logit_model(model)
+    cam = grad_cam.cam_network(model, conv_hint)
+    model.grad_cam_outputs = cam.two_outputs
     raw_spec = tf_transform_output.raw_feature_spec()
     image_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
     threshold = tf.constant(calibration.threshold, tf.float32)
@@ -68,6 +73,25 @@ def build_signatures(
     def serve_image_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return predict_from_raw({features.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
 
+    def heatmaps(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = image_tiles.decode(image_bytes)
+        shape = tf.shape(image)
+        rows, cols = image_tiles.tile_grid(shape[0], shape[1], tile_size, max_tiles)
+        tiles = image_tiles.to_tiles(image, tile_size, max_tiles)
+        return grad_cam.image_heatmaps(cam, tiles, rows, cols, features.HEATMAP_SIDE)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def explain_image_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        answer = predict_from_raw({features.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
+        side = features.HEATMAP_SIDE
+        maps = tf.TensorSpec([side, side], tf.float32)
+        malignant, benign = tf.map_fn(heatmaps, image_bytes, fn_output_signature=(maps, maps))
+        return {
+            **answer,
+            features.HEATMAP_OUTPUT: malignant,
+            features.BENIGN_HEATMAP_OUTPUT: benign,
+        }
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def transform_features(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         return model.tft_layer(tf.io.parse_example(serialized, raw_spec))
@@ -75,6 +99,7 @@ def build_signatures(
     return {
         "serving_default": serve_examples.get_concrete_function(),
         "predict_image": serve_image_bytes.get_concrete_function(),
+        "explain_image": explain_image_bytes.get_concrete_function(),
         "transform_features": transform_features.get_concrete_function(),
     }
 
@@ -93,6 +118,7 @@ def export_model(
         int(metadata["tile_size"]),
         int(metadata["max_tiles"]),
         calibration,
+        metadata.get("last_conv_layer"),
     )
     model.save(serving_model_dir, save_format="tf", signatures=signatures)
     extra = os.path.join(serving_model_dir, METADATA_DIR)

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,7 @@ import tensorflow as tf
 
 from modules import image_tiles
 from modules.metrics import roc_auc
+from modules.progress import logger as progress
 from modules.trainer import backbones
 from modules.trainer.augment import augment
 from modules.trainer.model import build_classifier, freeze_backbone, unfreeze_top
@@ -105,20 +107,26 @@ def image_features(
     """
 
     @tf.function(reduce_retracing=True)
-    def mean_feature(image: tf.Tensor) -> tf.Tensor:
-        views = image_tiles.image_views(image, tile_size, max_tiles)
+    def mean_feature(views: tf.Tensor) -> tf.Tensor:
         return tf.reduce_mean(tf.cast(network(views, training=False), tf.float32), axis=0)
 
+    def with_views(image: tf.Tensor, label: tf.Tensor):
+        return image, image_tiles.image_views(image, tile_size, max_tiles), label
+
     rows, labels = [], []
-    for image, label in images.prefetch(tf.data.AUTOTUNE):
-        key = hashlib.sha1(image.numpy()).hexdigest() if cache is not None else ""
-        if cache is not None and key in cache:
+    if cache is None:
+        # Decoding and tiling run in tf.data's threads, ahead of the backbone.
+        tiled = images.map(with_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        for _, views, label in tiled.prefetch(tf.data.AUTOTUNE):
+            rows.append(mean_feature(views).numpy())
+            labels.append(int(label))
+    else:  # decode only what the cache lacks
+        for image, label in images.prefetch(tf.data.AUTOTUNE):
+            key = hashlib.sha1(image.numpy()).hexdigest()
+            if key not in cache:
+                cache[key] = mean_feature(with_views(image, label)[1]).numpy()
             rows.append(cache[key])
-        else:
-            rows.append(mean_feature(image).numpy())
-            if cache is not None:
-                cache[key] = rows[-1]
-        labels.append(int(label))
+            labels.append(int(label))
     width = int(network.output_shape[-1])
     return np.asarray(rows, np.float32).reshape(-1, width), np.asarray(labels, np.int64)
 
@@ -253,6 +261,11 @@ def fine_tune(
         verbose=2,
     )
     freeze_backbone(backbone_model)
+    losses = history.history.get("loss") or [float("nan")]
+    progress.info(
+        "fine-tune: top %d backbone layers, %d epochs, last loss %.3f",
+        *(trainable, len(losses), losses[-1]),
+    )
     return {k: [float(v) for v in values] for k, values in history.history.items()}
 
 
@@ -332,6 +345,14 @@ def build(hp: dict[str, Any]) -> tuple[tf.keras.Model, backbones.Backbone]:
     return model, backbone
 
 
+def _say_head(history: dict[str, list[float]]) -> None:
+    auc = history.get("val_auc") or [float("nan")]
+    best = int(np.nanargmax(auc)) if not np.all(np.isnan(auc)) else 0
+    progress.info(
+        "head: %d epochs, best eval image AUC %.3f at epoch %d", len(auc), auc[best], best + 1
+    )
+
+
 def train(
     train_images: Images,
     eval_images: Images,
@@ -363,14 +384,17 @@ def train(
             image_features(network, eval_images(), size, max_tiles, cache),
         )
 
+    started = time.monotonic()
     train_features, eval_features = read_features(feature_cache)
-    logging.info(
-        "head on cached features: %d train images, %d eval images, %d features",
-        *(len(train_features[1]), len(eval_features[1]), train_features[0].shape[1]),
+    progress.info(
+        "features: %d train + %d eval images, up to %d tiles x %d views each, %s (%.0f s)",
+        *(len(train_features[1]), len(eval_features[1]), max_tiles, image_tiles.VIEWS),
+        *(backbone.name, time.monotonic() - started),
     )
     history["head"] = fit_head(
         model, train_features, eval_features, hp, callbacks("head"), strategy
     )
+    _say_head(history["head"])
     if int(hp["epochs_fine_tune"]) > 0 and float(hp["fine_tune_fraction"]) > 0:
         with strategy.scope():
             steps = fine_tune_steps or max(1, len(train_features[1]) // int(hp["batch_size"]))
@@ -381,7 +405,11 @@ def train(
         history["head_after_fine_tune"] = fit_head(
             model, train_features, eval_features, hp, callbacks("head_after_fine_tune"), strategy
         )
+        _say_head(history["head_after_fine_tune"])
     eval_logits = head_logits(model, eval_features[0])
     calibration = calibrate(eval_logits, eval_features[1], str(hp["threshold_rule"]))
-    logging.info("calibration: %s", calibration)
+    progress.info(
+        "calibration: temperature %.2f, threshold %.2f (%s)",
+        *(calibration.temperature, calibration.threshold, calibration.fitted_on),
+    )
     return TrainedClassifier(model, backbone, calibration, history, eval_logits, eval_features[1])

@@ -8,6 +8,10 @@ The score differentiated is the malignant logit (the sigmoid's input): the proba
 gradient vanishes when a confident model saturates. Negating it gives the benign map for
 free (same gradients, opposite sign before the ReLU): on a confidently benign tile the
 malignant map is empty by design, and the benign map is what a reader wants to see.
+
+``cam_network`` + ``raw_cam`` are plain TensorFlow ops, so the exported model's
+``explain_image`` signature (``modules/trainer/export.py``) serves the same computation as
+the GradCam component, which calls ``grad_cam``.
 """
 
 from __future__ import annotations
@@ -103,14 +107,66 @@ def _logit_and_probability(head: list, features: tf.Tensor) -> tuple[tf.Tensor, 
     return tf.reshape(probability, [-1]), tf.reshape(probability, [-1])
 
 
-def _normalise(cam: tf.Tensor, size: tuple[int, int], joint: bool) -> np.ndarray:
-    """ReLU, upsample to the image size, scale to [0, 1] (all-zero stays zero): each map on
-    its own, or all maps together (``joint``: the tiles of one image stay comparable)."""
+@dataclasses.dataclass
+class CamNetwork:
+    """What Grad-CAM needs of a classifier, built once (the exported model tracks it)."""
+
+    two_outputs: tf.keras.Model  # tiles -> (last conv map, backbone or model output)
+    head: list  # the classifier's layers after the backbone; [] for a flat model
+    conv_layer: str
+    conv_layer_source: str  # "metadata" or "search"
+
+
+def cam_network(model: tf.keras.Model, conv_hint: str | None = None) -> CamNetwork:
+    backbone = find_backbone(model)
+    network = backbone if backbone is not None else model
+    conv_name, source = find_last_conv(network, conv_hint)
+    outputs = [network.get_layer(conv_name).output, network.outputs[0]]
+    two_outputs = tf.keras.Model(network.inputs, outputs, name="grad_cam_outputs")
+    head = _head_layers(model, backbone) if backbone is not None else []
+    return CamNetwork(two_outputs, head, conv_name, source)
+
+
+def raw_cam(network: CamNetwork, tiles: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(class-activation maps [N, h, w] before the ReLU, malignant probability [N])."""
+    with tf.GradientTape() as tape:
+        conv_map, output = network.two_outputs(tiles, training=False)
+        tape.watch(conv_map)
+        if network.head:
+            logit, probability = _logit_and_probability(network.head, output)
+        else:
+            logit = probability = tf.reshape(output, [-1])
+    gradients = tape.gradient(logit, conv_map)
+    if gradients is None:
+        raise ValueError(
+            f"the score does not depend on {network.conv_layer}; cannot compute Grad-CAM"
+        )
+    conv_map = tf.cast(conv_map, tf.float32)
+    channel_weights = tf.reduce_mean(tf.cast(gradients, tf.float32), axis=[1, 2], keepdims=True)
+    return tf.reduce_sum(channel_weights * conv_map, axis=-1), tf.cast(probability, tf.float32)
+
+
+def normalised(cam: tf.Tensor, size: tuple[int, int], joint: bool) -> tf.Tensor:
+    """ReLU, upsample [N, h, w] to ``size``, scale to [0, 1] (all-zero stays zero): each map
+    on its own, or all maps together (``joint``: the tiles of one image stay comparable)."""
     cam = tf.nn.relu(cam)[..., tf.newaxis]
     cam = tf.image.resize(cam, size, method="bilinear")[..., 0]
     axes = [0, 1, 2] if joint else [1, 2]
     peak = tf.reduce_max(cam, axis=axes, keepdims=True)
-    return tf.math.divide_no_nan(cam, peak).numpy().astype(np.float32)
+    return tf.math.divide_no_nan(cam, peak)
+
+
+def image_heatmaps(
+    network: CamNetwork, tiles: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor, side: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """(malignant, benign) maps [side, side] over one image cut into ``rows`` x ``cols``
+    tiles (row-major): the tiles' maps stitched in place, scaled together."""
+    cam, _ = raw_cam(network, tiles)
+    h, w = tf.shape(cam)[1], tf.shape(cam)[2]
+    grid = tf.transpose(tf.reshape(cam, [rows, cols, h, w]), [0, 2, 1, 3])
+    stitched = tf.reshape(grid, [1, rows * h, cols * w])
+    size = (side, side)
+    return normalised(stitched, size, True)[0], normalised(-stitched, size, True)[0]
 
 
 def grad_cam(
@@ -118,39 +174,16 @@ def grad_cam(
 ) -> CamResult:
     """Heatmaps of the malignant score for float images [N, H, W, 3] in [0, 1]; ``joint``
     scales all N maps together (the tiles of one image)."""
-    backbone = find_backbone(model)
-    network = backbone if backbone is not None else model
-    conv_name, source = find_last_conv(network, conv_hint)
+    network = cam_network(model, conv_hint)
     x = tf.convert_to_tensor(images, tf.float32)
-    if backbone is not None:
-        two_outputs = tf.keras.Model(
-            backbone.inputs, [backbone.get_layer(conv_name).output, backbone.outputs[0]]
-        )
-        head = _head_layers(model, backbone)
-        with tf.GradientTape() as tape:
-            conv_map, features = two_outputs(x, training=False)
-            tape.watch(conv_map)
-            logit, probability = _logit_and_probability(head, features)
-    else:
-        two_outputs = tf.keras.Model(
-            model.inputs, [model.get_layer(conv_name).output, model.outputs[0]]
-        )
-        with tf.GradientTape() as tape:
-            conv_map, output = two_outputs(x, training=False)
-            tape.watch(conv_map)
-            logit = probability = tf.reshape(output, [-1])
-    gradients = tape.gradient(logit, conv_map)
-    if gradients is None:
-        raise ValueError(f"the score does not depend on {conv_name}; cannot compute Grad-CAM")
-    channel_weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
-    cam = tf.reduce_sum(channel_weights * conv_map, axis=-1)
+    cam, probability = raw_cam(network, x)
     size = (int(x.shape[1]), int(x.shape[2]))
     return CamResult(
-        heatmaps=_normalise(cam, size, joint),
-        benign_heatmaps=_normalise(-cam, size, joint),
+        heatmaps=normalised(cam, size, joint).numpy().astype(np.float32),
+        benign_heatmaps=normalised(-cam, size, joint).numpy().astype(np.float32),
         probabilities=probability.numpy().astype(np.float32),
-        conv_layer=conv_name,
-        conv_layer_source=source,
+        conv_layer=network.conv_layer,
+        conv_layer_source=network.conv_layer_source,
     )
 
 
