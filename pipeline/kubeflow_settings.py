@@ -19,7 +19,7 @@ HISTO_ALLOW_LOCAL_PATHS         0; pods cannot see this machine's disk, so local
                                 refused unless set to 1 (e.g. a volume mounted in every pod)
 HISTO_BEAM_RUNNER               direct (Beam's FnApiRunner, named explicitly) | dataflow |
                                 portable (Flink/Spark job server)
-HISTO_BEAM_DIRECT_WORKERS       direct: worker processes; default = the step's CPU request
+HISTO_BEAM_DIRECT_WORKERS       direct: worker processes (1: in the step's process); CPU request
 HISTO_GCP_PROJECT/_REGION       dataflow: required
 HISTO_DATAFLOW_TEMP             dataflow: $HISTO_BUCKET/tmp
 HISTO_BEAM_JOB_ENDPOINT         portable: required, e.g. flink-jobserver.flink:8099
@@ -194,9 +194,12 @@ def beam_pipeline_args(env: Mapping[str, str], bucket: str, image: str, cpu: str
     runner = _get(env, "HISTO_BEAM_RUNNER", "direct").lower()
     if runner == "direct":
         workers = _get(env, "HISTO_BEAM_DIRECT_WORKERS", str(max(1, math.floor(cpu_cores(cpu)))))
+        # One worker runs in the step's own process: a worker process of its own would only
+        # add a second TensorFlow start-up (and the Evaluator's a second model load).
+        mode = "in_memory" if workers.strip() == "1" else "multi_processing"
         args = [
             beam_runner.RUNNER_ARG,  # no silent switch to Prism where downloads work
-            "--direct_running_mode=multi_processing",
+            f"--direct_running_mode={mode}",
             f"--direct_num_workers={workers}",
         ]
     elif runner == "dataflow":

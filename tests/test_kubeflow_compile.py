@@ -261,7 +261,7 @@ def test_settings_defaults_are_documented_values():
     assert settings.serving_model_dir == settings.pipeline_root + "/serving_model"
     assert settings.beam_pipeline_args == [
         "--runner=preprocessing.beam_runner.FnApiDirectRunner",
-        "--direct_running_mode=multi_processing",
+        "--direct_running_mode=in_memory",  # one worker: in the step's own process
         "--direct_num_workers=1",
     ]
     assert settings.trainer_gpus == 1
@@ -278,6 +278,7 @@ def test_settings_image_fallback_and_cpu_only_trainer():
     assert settings.trainer_gpus == 0
     assert settings.trainer_node_selector == {} and settings.trainer_tolerations == []
     assert "--direct_num_workers=3" in settings.beam_pipeline_args
+    assert "--direct_running_mode=multi_processing" in settings.beam_pipeline_args
 
 
 def test_settings_portable_runner_for_flink_or_spark():

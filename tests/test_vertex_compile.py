@@ -133,4 +133,4 @@ def test_module_paths_and_beam_args(spec):
         run_fn.runtime_value.constant_value.string_value == "modules.trainer.trainer_module.run_fn"
     )
     for task in ("ImportExampleGen", "StatisticsGen", "Transform", "Evaluator"):
-        assert "--direct_running_mode=multi_processing" in container(spec, task)["args"], task
+        assert "--direct_running_mode=in_memory" in container(spec, task)["args"], task
