@@ -105,6 +105,17 @@ def test_pushed_model_predicts_raw_images_through_its_signatures(first_run, demo
     np.testing.assert_allclose(explained[features.HEATMAP_OUTPUT][0], expected, atol=1e-4)
 
 
+def test_components_load_the_trainers_keras_file_with_the_saved_models_weights(first_run):
+    root = os.path.join(first_run["output"], "tfx", "pipelines", local_runner.configs.PIPELINE_NAME)
+    models = tf.io.gfile.glob(os.path.join(root, "Trainer", "model", "*"))
+    model_uri = min(models, key=lambda p: int(os.path.basename(p)))  # the first run's
+    assert os.path.isfile(export.keras_path(model_io.serving_dir(model_uri)))
+    fast = model_io.load_classifier(model_uri)
+    rebuilt = tf.keras.models.load_model(model_io.serving_dir(model_uri), compile=False)
+    tiles = np.random.default_rng(0).random((3, *fast.input_shape[1:]), dtype=np.float32)
+    np.testing.assert_allclose(fast(tiles).numpy(), rebuilt(tiles).numpy(), atol=1e-6)
+
+
 def test_identical_rerun_is_served_from_the_cache(first_run, demo_data):
     # The model just pushed is now a baseline: a new input of the Evaluator (and of what
     # follows it) and of the drift gate (the statistics behind that model).

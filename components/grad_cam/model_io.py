@@ -6,6 +6,7 @@ Shared by the Grad-CAM, TFLite and report components: they need the Keras tile c
 
 import dataclasses
 import os
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -21,10 +22,17 @@ def serving_dir(model_uri: str) -> str:
 
 
 def load_classifier(model_uri: str) -> tf.keras.Model:
-    """The Keras classifier (image in [0, 1] -> malignant probability) of a Model artifact."""
-    # Registers the custom ReverseChannels layer that ResNet50/VGG16 backbones contain.
+    """The Keras classifier (tile in [0, 1] -> malignant probability) of a Model artifact:
+    its .keras file when the Trainer wrote one, else rebuilt from the SavedModel."""
+    # Registers the custom layers that some backbones contain (ReverseChannels, ...).
     import modules.trainer.backbones  # noqa: F401
 
+    keras_file = export.keras_path(serving_dir(model_uri))
+    if tf.io.gfile.exists(keras_file):
+        with tempfile.TemporaryDirectory() as folder:  # Keras reads .keras files locally
+            local = os.path.join(folder, export.KERAS_FILE)
+            tf.io.gfile.copy(keras_file, local)
+            return tf.keras.models.load_model(local, compile=False)
     return tf.keras.models.load_model(serving_dir(model_uri), compile=False)
 
 

@@ -32,8 +32,11 @@ class CamResult:
 
 
 def find_backbone(model: tf.keras.Model) -> tf.keras.Model | None:
-    """The nested Model inside the classifier (the backbone), or None for a flat model."""
-    nested = [layer for layer in model.layers if isinstance(layer, tf.keras.Model)]
+    """The nested Model inside the classifier (the backbone), or None for a flat model.
+    Models only tracked as attributes (the export's Transform layer) are not in its graph."""
+    nested = [
+        layer for layer in model.layers if isinstance(layer, tf.keras.Model) and layer.inbound_nodes
+    ]
     return nested[0] if nested else None
 
 
