@@ -46,7 +46,6 @@ class ModelFacts:
     def rows(self) -> list[tuple[str, str]]:
         m = self.metadata
         calibration = m.get("calibration", {})
-        evaluation = m.get("evaluation", {})
         rows = [("model", self.target), ("version", self.version)]
         if m:
             rows += [
@@ -54,9 +53,12 @@ class ModelFacts:
                 ("tiles", f"{m.get('tile_size')} px, at most {m.get('max_tiles')} per image"),
                 ("threshold", f"{calibration.get('threshold')} ({calibration.get('fitted_on')})"),
                 ("trained on", json.dumps(m.get("train_images_per_class", {}))),
+                ("eval split", json.dumps(m.get("eval_images_per_class", {}))),
             ]
-        for name, value in sorted(evaluation.items()):
-            rows.append((f"test {name}", f"{value:.3f}" if isinstance(value, float) else value))
+        history = m.get("history", {})
+        phase = history.get("head_after_fine_tune") or history.get("head") or {}
+        if phase.get("val_auc"):
+            rows.append(("eval split image AUC (training)", f"{max(phase['val_auc']):.3f}"))
         return rows
 
 
@@ -67,10 +69,6 @@ def model_facts(model_dir: str | None, url: str | None, metadata_file: str | Non
         from modules.trainer import export
 
         path = os.path.join(model_dir, export.METADATA_DIR, export.METADATA_FILE)
-        evaluation = os.path.join(model_dir, export.METADATA_DIR, "evaluation.json")
-        if os.path.isfile(evaluation):
-            with open(evaluation) as f:
-                metadata["evaluation"] = json.load(f)
     if path and os.path.isfile(path):
         with open(path) as f:
             metadata.update(json.load(f))
