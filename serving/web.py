@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import io
 import json
 import os
 from typing import Any
 
 import waitress
-from flask import Flask, render_template, request
+from flask import Flask, Request, render_template, request
 
 from preprocessing import patients
 from serving import images, overlays, predict, rest
@@ -92,8 +93,16 @@ def _result_view(result: dict[str, Any], data: bytes | None) -> dict[str, Any]:
     return view
 
 
+class InMemoryRequest(Request):
+    """Uploads are parsed into memory (Werkzeug spools big ones to temporary files)."""
+
+    def _get_file_stream(self, *args: Any, **kwargs: Any) -> io.BytesIO:
+        return io.BytesIO()
+
+
 def create_app(backend: predict.Backend, facts: ModelFacts) -> Flask:
     app = Flask(__name__)
+    app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     page = {"facts": facts, "notice": NOTICE, "max_files": MAX_FILES}
 

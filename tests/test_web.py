@@ -89,3 +89,15 @@ def test_limits_refuse_too_many_files_and_nothing_to_answer(client):
 def test_a_small_image_is_refused_with_its_size(client):
     page = _post(client, [("small.png", png_bytes(size=(16, 16)))]).get_data(as_text=True)
     assert "image too small: 16x16 px" in page
+
+
+def test_uploads_are_parsed_in_memory_never_spooled_to_disk(client, demo_data, monkeypatch):
+    from werkzeug import formparser
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("an upload went to a temporary file")
+
+    monkeypatch.setattr(formparser, "SpooledTemporaryFile", no_disk)
+    monkeypatch.setattr(formparser, "TemporaryFile", no_disk, raising=False)
+    big = [(name, data + b"\0" * (2 * 2**20)) for name, data in _demo_images(demo_data, 1)]
+    assert _post(client, big).status_code == 200  # 2 MB: over Werkzeug's 500 KB spool size
