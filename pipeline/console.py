@@ -61,6 +61,11 @@ def start(argv: list[str]) -> Console:
     if _current is not None:
         return _current
     args, _ = arguments().parse_known_args(argv)
+    try:
+        sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # a notebook: no real fds
+        _current = Console(lambda line: print(line, flush=True), None)
+        return _current
     terminal = io.TextIOWrapper(
         io.FileIO(os.dup(sys.stdout.fileno()), "w"), line_buffering=True, encoding="utf-8"
     )

@@ -102,3 +102,12 @@ def test_verbose_keeps_everything_on_the_console(tmp_path):
     assert shown.stdout.splitlines() == ["summary line"]
     assert shown.stderr == "native stderr line\n"
     assert not (tmp_path / "logs").exists()
+
+
+def test_without_real_file_descriptors_everything_stays_where_it_is(monkeypatch, capsys, tmp_path):
+    """In a notebook (sys.stdout has no fileno) nothing is redirected and lines are printed."""
+    monkeypatch.setattr(console, "_current", None)
+    shown = console.start(["--output-dir", str(tmp_path)])
+    shown.say("one line")
+    assert shown.log_path is None and capsys.readouterr().out == "one line\n"
+    assert not (tmp_path / "logs").exists()
