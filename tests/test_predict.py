@@ -286,7 +286,12 @@ def test_the_web_page_is_deployed_beside_tf_serving_and_asks_its_service():
         os.path.basename(p) for p in glob.glob(os.path.join(REPO, "k8s", "*.yaml"))
     } - {"kustomization.yaml"}
     (container,) = _named("Deployment", "histopath-web")["spec"]["template"]["spec"]["containers"]
-    assert container["command"] == ["histo-web"]
+    with open(os.path.join(REPO, "web.Dockerfile")) as f:
+        (entrypoint,) = [
+            json.loads(line.split(None, 1)[1]) for line in f if line.startswith("ENTRYPOINT")
+        ]
+    assert entrypoint[0] == "histo-web" and "command" not in container
+    assert f"--port={container['ports'][0]['containerPort']}" in entrypoint
     args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
     serving_port = {p["name"]: p["port"] for p in _named("Service", MODEL_NAME)["spec"]["ports"]}
     assert args["url"] == f"http://{MODEL_NAME}:{serving_port['http']}/v1/models/{MODEL_NAME}"
