@@ -41,6 +41,13 @@ def write(path: str, data: bytes) -> str:
     return path
 
 
+def run_python(script: str) -> subprocess.CompletedProcess:
+    """``python -c script`` in a fresh interpreter at the repository root; fails on error."""
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
+    )
+
+
 def node_states(metadata_db: str) -> dict:
     """{node id: [execution states, oldest first]} from the pipeline's ML Metadata."""
     import ml_metadata as mlmd

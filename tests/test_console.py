@@ -2,11 +2,9 @@
 
 import logging
 import os
-import subprocess
-import sys
 import time
 
-from histo_testlib import REPO
+from histo_testlib import run_python
 from modules import progress
 from pipeline import console
 
@@ -74,9 +72,7 @@ def test_native_and_python_output_go_to_the_log_and_only_console_lines_show(tmp_
         "subprocess.run([sys.executable, '-c', 'print(\"worker line\")'])\n"
         "console.finish(c, 'summary line')\n"
     )
-    shown = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
-    )
+    shown = run_python(script)
     out = shown.stdout.splitlines()
     assert shown.stderr == ""
     assert out[0].startswith("full log: ") and out[1:] == ["summary line", out[0].split(" (")[0]]
@@ -96,9 +92,7 @@ def test_verbose_keeps_everything_on_the_console(tmp_path):
         "os.write(2, b'native stderr line\\n')\n"
         "console.finish(c, 'summary line')\n"
     )
-    shown = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
-    )
+    shown = run_python(script)
     assert shown.stdout.splitlines() == ["summary line"]
     assert shown.stderr == "native stderr line\n"
     assert not (tmp_path / "logs").exists()

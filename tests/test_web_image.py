@@ -5,10 +5,9 @@ import importlib.metadata
 import json
 import os
 import re
-import subprocess
 import sys
 
-from histo_testlib import REPO
+from histo_testlib import REPO, run_python
 
 PROJECT = {"components", "modules", "preprocessing", "serving", "pipeline", "demo", "kfp_tools"}
 OPTIONAL = {"defusedxml"}  # Pillow imports it when present, works without it
@@ -44,9 +43,7 @@ def test_the_web_image_installs_what_the_page_imports_in_url_mode():
         "print(json.dumps(sorted({m.split('.')[0] for m, v in sys.modules.items()"
         " if m not in before and getattr(v, '__file__', None)})))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
-    )
+    out = run_python(script)
     imported = set(json.loads(out.stdout.splitlines()[-1]))
     third_party = imported - set(sys.stdlib_module_names) - PROJECT - OPTIONAL
     assert "tensorflow" not in imported
