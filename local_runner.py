@@ -51,8 +51,17 @@ def local_beam_args(data_root: str, mode: str | None = None) -> list[str]:
     raise ValueError(f"HISTO_BEAM_MODE={mode!r}: expected auto, in_memory or multi_processing")
 
 
+def install_user_code_without_resolving() -> None:
+    """Each component that calls a module file pip-installs TFX's user-code wheel into a
+    temporary folder (three times in Transform). Those wheels have no dependencies, but
+    pip's resolver still inspects the whole environment: 2.4 s per install, 0.5 s without.
+    Set for this process only (a user's own PIP_NO_DEPS wins)."""
+    os.environ.setdefault("PIP_NO_DEPS", "1")
+
+
 def build(data_root: str, output_dir: str, **overrides) -> tfx.dsl.Pipeline:
     """The pipeline with configs' settings; tests pass overrides for create_pipeline's args."""
+    install_user_code_without_resolving()
     tfx_root = os.path.join(output_dir, "tfx")
     settings = {
         **configs.pipeline_settings(),

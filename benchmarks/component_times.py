@@ -17,6 +17,8 @@ import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from modules import quiet  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # local_runner imports TensorFlow
 
 RUN_CONTEXT_TYPE = "pipeline_run"
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metadata", help="a metadata.db (default: the one under --output-dir)")
     parser.add_argument("--runs", type=int, default=1, help="how many of the latest runs")
     args = parser.parse_args(argv)
+    quiet.dependency_warnings()
     if args.metadata:
         metadata_db = args.metadata
     else:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from modules import progress
+from modules import progress, quiet
 
 # LocalDagRunner's and the launcher's own messages (tfx/orchestration/local, portable).
 _RUNNING = "Component %s is running."
@@ -79,8 +79,7 @@ def start(argv: list[str]) -> Console:
     if not args.verbose:
         log_path = _log_path(args.output_dir)
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        # Beam's worker subprocesses inherit the environment: no warning per worker.
-        os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+        quiet.dependency_warnings()  # Beam's worker subprocesses inherit it too
         sys.stdout.flush()
         sys.stderr.flush()
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

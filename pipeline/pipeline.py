@@ -206,6 +206,9 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         **_module_kwargs(transform_module, "preprocessing_fn", "preprocessing_fn"),
+        # StatisticsGen already describes the raw data and Transform passes it through:
+        # TFT's pre/post-transform statistics would describe the same bytes twice more.
+        disable_statistics=True,
     )
     # Data gates must pass before any expensive work starts.
     for gate in gates:

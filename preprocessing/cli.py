@@ -7,10 +7,9 @@ or Spark (``--runner=DataflowRunner --project=... --region=... --temp_location=g
 import argparse
 import json
 import logging
-import os
 import sys
-import warnings
 
+from modules import quiet
 from preprocessing import layouts, patients, splits
 from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 
@@ -56,10 +55,7 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Beam's GCP dependencies warn about this Python at import, in this process and in each
-    # worker subprocess (which inherits the environment): not the user's concern.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+    quiet.dependency_warnings()
     from preprocessing.beam_job import PreprocessingError, preprocess  # after the filters
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

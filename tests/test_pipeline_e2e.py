@@ -16,13 +16,20 @@ import local_runner
 from components.grad_cam import model_io
 from histo_testlib import ALL_NODES, REPO, RESOLVERS, node_states, pushed_versions, run_pipeline
 from modules import features
-from modules.trainer import export, grad_cam
+from modules.trainer import export, grad_cam, recipe
 
 pytestmark = pytest.mark.e2e
 
 CONSTANT_TRAINER = os.path.join(
     REPO, "tests", "fixtures", "constant_trainer", "constant_trainer_module.py"
 )
+
+
+def first_model_uri(first_run) -> str:
+    """The Trainer's Model artifact of the first run (the one that was pushed)."""
+    root = os.path.join(first_run["output"], "tfx", "pipelines", local_runner.configs.PIPELINE_NAME)
+    models = tf.io.gfile.glob(os.path.join(root, "Trainer", "model", "*"))
+    return min(models, key=lambda p: int(os.path.basename(p)))
 
 
 def test_every_component_runs_and_a_blessed_model_is_pushed(first_run):
@@ -96,7 +103,7 @@ def test_pushed_model_predicts_raw_images_through_its_signatures(first_run, demo
     for key in (features.HEATMAP_OUTPUT, features.BENIGN_HEATMAP_OUTPUT):
         maps = explained[key].numpy()
         assert maps.shape == (3, side, side) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
-    classifier = tf.keras.models.load_model(model_dir, compile=False)
+    classifier = model_io.load_classifier(first_model_uri(first_run))
     network = grad_cam.cam_network(classifier, metadata["last_conv_layer"])
     tiled = model_io.tile_image(images[0], metadata["tile_size"], metadata["max_tiles"])
     expected, _ = grad_cam.image_heatmaps(
@@ -105,15 +112,29 @@ def test_pushed_model_predicts_raw_images_through_its_signatures(first_run, demo
     np.testing.assert_allclose(explained[features.HEATMAP_OUTPUT][0], expected, atol=1e-4)
 
 
-def test_components_load_the_trainers_keras_file_with_the_saved_models_weights(first_run):
-    root = os.path.join(first_run["output"], "tfx", "pipelines", local_runner.configs.PIPELINE_NAME)
-    models = tf.io.gfile.glob(os.path.join(root, "Trainer", "model", "*"))
-    model_uri = min(models, key=lambda p: int(os.path.basename(p)))  # the first run's
+def test_the_trainers_keras_file_gives_the_saved_models_answers(first_run, demo_data):
+    # The SavedModel holds no Keras object graph (export.serving_module): components and
+    # users get Keras from the .keras file, which must be the same classifier.
+    model_uri = first_model_uri(first_run)
     assert os.path.isfile(export.keras_path(model_io.serving_dir(model_uri)))
-    fast = model_io.load_classifier(model_uri)
-    rebuilt = tf.keras.models.load_model(model_io.serving_dir(model_uri), compile=False)
-    tiles = np.random.default_rng(0).random((3, *fast.input_shape[1:]), dtype=np.float32)
-    np.testing.assert_allclose(fast(tiles).numpy(), rebuilt(tiles).numpy(), atol=1e-6)
+    assert not os.path.exists(os.path.join(model_io.serving_dir(model_uri), "keras_metadata.pb"))
+    classifier = model_io.load_classifier(model_uri)
+    metadata = model_io.read_training_metadata(model_uri)
+    files = tf.io.gfile.glob(os.path.join(demo_data, "span-1", "test", "*.gz"))
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(4)
+    images = [
+        tf.train.Example.FromString(r).features.feature[features.IMAGE_KEY].bytes_list.value[0]
+        for r in records.as_numpy_iterator()
+    ]
+    tile_logit = recipe.logit_model(classifier)
+    logits = [
+        recipe.image_logit(tile_logit, tf.constant(b), metadata["tile_size"], metadata["max_tiles"])
+        for b in images
+    ]
+    by_keras = recipe.probability(tf.stack(logits), recipe.calibration_of(metadata)).numpy()
+    loaded = tf.saved_model.load(model_io.serving_dir(model_uri))
+    served = loaded.signatures["predict_image"](image_bytes=tf.constant(images))
+    np.testing.assert_allclose(by_keras, served[features.PROBABILITY_OUTPUT].numpy(), atol=1e-5)
 
 
 def test_identical_rerun_is_served_from_the_cache(first_run, demo_data):

@@ -5,6 +5,7 @@ Shared by the Grad-CAM, TFLite and report components: they need the Keras tile c
 """
 
 import dataclasses
+import functools
 import os
 import tempfile
 
@@ -23,7 +24,19 @@ def serving_dir(model_uri: str) -> str:
 
 def load_classifier(model_uri: str) -> tf.keras.Model:
     """The Keras classifier (tile in [0, 1] -> malignant probability) of a Model artifact:
-    its .keras file when the Trainer wrote one, else rebuilt from the SavedModel."""
+    its .keras file when the Trainer wrote one, else rebuilt from a Keras SavedModel
+    (models exported before the .keras file existed).
+
+    One load per process and file version: locally, Grad-CAM and TFLiteExport run in the
+    same process on the same model (3 s each). Callers only read the model."""
+    keras_file = export.keras_path(serving_dir(model_uri))
+    stamp = tf.io.gfile.stat(keras_file).mtime_nsec if tf.io.gfile.exists(keras_file) else 0
+    return _load_classifier(model_uri, stamp)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_classifier(model_uri: str, keras_file_stamp: int) -> tf.keras.Model:
+    del keras_file_stamp  # part of the cache key only
     # Registers the custom layers that some backbones contain (ReverseChannels, ...).
     import modules.trainer.backbones  # noqa: F401
 
@@ -33,7 +46,13 @@ def load_classifier(model_uri: str) -> tf.keras.Model:
             local = os.path.join(folder, export.KERAS_FILE)
             tf.io.gfile.copy(keras_file, local)
             return tf.keras.models.load_model(local, compile=False)
-    return tf.keras.models.load_model(serving_dir(model_uri), compile=False)
+    try:
+        return tf.keras.models.load_model(serving_dir(model_uri), compile=False)
+    except (ValueError, OSError) as error:
+        raise ValueError(
+            f"{model_uri}: no {export.KERAS_DIR}/{export.KERAS_FILE} and its SavedModel is "
+            f"not a Keras one ({error})"
+        ) from error
 
 
 def read_training_metadata(model_uri: str) -> dict:
