@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,7 +25,12 @@ from collections.abc import Iterator, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import (
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+    WorkerOptions,
+)
 
 from modules import features
 from preprocessing import beam_runner, image_content, patients, splits
@@ -79,7 +85,7 @@ class EncodeExample(beam.DoFn):
             with FileSystems.open(record.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 data = f.read()
             image = load_image(data, self._min_side, self._max_pixels)
-            content = image_content.describe(data)
+            content = image_content.describe(image.pixels, image.source_format)
         except (BadImageError, OSError) as err:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTS_TAG, csv_line(record.source, str(err)))
@@ -97,14 +103,46 @@ def next_span(output_root: str) -> int:
     return max(existing, default=0) + 1
 
 
+# This project's setup.py, beside the packages (a source checkout or the pipeline image).
+SETUP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+
+
+def runs_locally(beam_args: Sequence[str]) -> bool:
+    """Whether the runner executes in this machine's processes (direct, FnApi, Prism)."""
+    runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner or "DirectRunner"
+    return any(name in runner for name in ("Direct", "Prism"))
+
+
+def worker_code_args(beam_args: Sequence[str]) -> list[str]:
+    """Remote workers import ``preprocessing`` and ``modules`` in their DoFns: unless the
+    caller ships code already (a setup file, or an SDK container such as the pipeline
+    image), they get this project's package through ``--setup_file``."""
+    options = PipelineOptions(list(beam_args))
+    setup = options.view_as(SetupOptions)
+    worker = options.view_as(WorkerOptions)
+    if runs_locally(beam_args) or setup.setup_file or worker.sdk_container_image:
+        return []
+    if any(a.startswith("--environment_config") for a in beam_args):
+        return []
+    if not os.path.isfile(SETUP_FILE):
+        raise PreprocessingError(
+            f"runner {options.view_as(StandardOptions).runner} needs this project's code on "
+            f"its workers, and {SETUP_FILE} does not exist (installed from a wheel?): pass "
+            "--setup_file=<checkout>/setup.py or --sdk_container_image=<the pipeline image>"
+        )
+    logging.info("remote workers get this project's code: --setup_file=%s", SETUP_FILE)
+    return [f"--setup_file={SETUP_FILE}"]
+
+
 def default_beam_args(beam_args: Sequence[str]) -> list[str]:
-    """The local engine on all cores unless the caller chose a runner or worker count."""
+    """The local engine on all cores unless the caller chose a runner or worker count;
+    on a remote runner, the project's code for the workers (``worker_code_args``)."""
     args = list(beam_args)
     if not any(a.startswith("--runner") for a in args):
         if not any(a.startswith("--direct_num_workers") for a in args):
             args += ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
         args.append(beam_runner.RUNNER_ARG)
-    return args
+    return args + worker_code_args(args)
 
 
 def run_beam(
@@ -116,7 +154,7 @@ def run_beam(
 ) -> dict[str, int]:
     """Writes every split's shards and the rejects CSV under workdir; returns Beam counters."""
     args = default_beam_args(beam_args)
-    local = not any(a.startswith("--runner") and "Direct" not in a for a in args)
+    local = runs_locally(args)
     progress_dir = os.path.join(workdir, ".progress") if local else None
     if progress_dir:
         os.makedirs(progress_dir)

@@ -15,7 +15,6 @@ span behind the last blessed model.
 """
 
 import dataclasses
-import io
 
 import numpy as np
 from PIL import Image
@@ -57,11 +56,9 @@ def _sharpness(grey: np.ndarray) -> float:
     return float(laplacian.var())
 
 
-def describe(data: bytes) -> ImageContent:
-    """The content figures of an encoded image that ``image_io.load_image`` accepted."""
-    with Image.open(io.BytesIO(data)) as image:
-        source_format = image.format or "unknown"
-        rgb_image = image.convert("RGB")
+def describe(rgb_image: Image.Image, source_format: str) -> ImageContent:
+    """The content figures of the 8-bit RGB pixels ``image_io.load_image`` decoded (the
+    pixels the example stores), and the file's own format."""
     grey = np.asarray(rgb_image.convert("L"), dtype=np.float64) / 255.0
     small = rgb_image.copy()
     small.thumbnail((_STAIN_SIDE, _STAIN_SIDE), Image.BILINEAR)

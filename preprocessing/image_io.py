@@ -27,6 +27,9 @@ class LoadedImage:
     height: int
     width: int
     reencoded: bool
+    # The decoded 8-bit RGB pixels, so the content figures need no second decode.
+    pixels: Image.Image | None = dataclasses.field(default=None, compare=False, repr=False)
+    source_format: str = "unknown"  # the file's own encoding (Pillow's name)
 
 
 def _to_rgb8(image: Image.Image) -> Image.Image:
@@ -169,6 +172,7 @@ def load_image(
                 mode = image.mode
                 bits = image.info.get("bits", 8)
                 rgb = None if (fmt in ("PNG", "JPEG") and mode == "RGB") else _to_rgb8(image)
+                pixels = rgb or image.copy()  # the file closes with this block
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -179,8 +183,11 @@ def load_image(
         raise BadImageError(_decode_failure_reason(err, fmt or _signature_format(data))) from None
     if min(width, height) < min_side:
         raise BadImageError(f"too small: {width}x{height}, minimum side is {min_side}px")
+    source_format = fmt or "unknown"
     if rgb is None and bits == 8:
-        return LoadedImage(data, height, width, reencoded=False)
+        return LoadedImage(data, height, width, False, pixels, source_format)
+    if rgb is None:  # an RGB PNG of more than 8 bits per channel
+        pixels = _to_rgb8(Image.open(io.BytesIO(data)))
     buffer = io.BytesIO()
-    (rgb or _to_rgb8(Image.open(io.BytesIO(data)))).save(buffer, format="PNG")
-    return LoadedImage(buffer.getvalue(), height, width, reencoded=True)
+    pixels.save(buffer, format="PNG")
+    return LoadedImage(buffer.getvalue(), height, width, True, pixels, source_format)

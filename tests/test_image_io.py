@@ -32,6 +32,21 @@ def test_other_modes_become_8bit_rgb_png(mode, fmt):
     assert image.size == (64, 48)
 
 
+@pytest.mark.parametrize(
+    "mode, fmt",
+    [("RGB", "PNG"), ("RGB", "JPEG"), ("L", "PNG"), ("RGBA", "PNG"), ("I;16", "PNG")],
+)
+def test_the_decoded_pixels_are_the_stored_ones(mode, fmt):
+    # The content figures (stains, sharpness) are read from ``pixels`` without a second
+    # decode: they must be exactly what the example's encoded image decodes to.
+    data = png_bytes(mode, (64, 48), fmt)
+    loaded = load_image(data)
+    stored = np.asarray(decoded(loaded.encoded).convert("RGB"))
+    assert loaded.pixels.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(loaded.pixels), stored)
+    assert loaded.source_format == fmt
+
+
 def test_16bit_grey_is_rescaled_not_clipped():
     array = np.full((40, 40), 65535, dtype=np.uint16)
     array[:20] = 32768
