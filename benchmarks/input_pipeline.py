@@ -186,7 +186,7 @@ def benchmark_size(images: str, work: str, size: int, args: argparse.Namespace) 
     network = recipe.features_model(model)
     result["features"] = feature_rates(network, pairs, size, int(hp["max_tiles"]), args.repeats)
 
-    pipeline = recipe.tile_dataset(pairs(), hp, int(hp["seed"]))
+    pipeline = recipe.tile_dataset(pairs(), hp, int(hp["seed"]), n_images=count)
     batch = next(iter(pipeline))
     feeds = {"pipeline": pipeline, "in-memory": tf.data.Dataset.from_tensors(batch).repeat()}
     result["input_only_batches_per_s"] = round(

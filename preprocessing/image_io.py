@@ -32,8 +32,11 @@ class LoadedImage:
     source_format: str = "unknown"  # the file's own encoding (Pillow's name)
 
 
-def _to_rgb8(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB; 16-bit and 32-bit greys are rescaled, not clipped."""
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB; 16-bit and 32-bit greys are rescaled, not clipped.
+
+    The one conversion: preprocessing stores these pixels and ``serving.images`` sends
+    them, so a file gives the model the same pixels in training and in ``predict``."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
@@ -45,6 +48,12 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.split()[-1])
         return background
     return image.convert("RGB")
+
+
+def sent_as_is(fmt: str | None, mode: str, bits: int = 8) -> bool:
+    """8-bit RGB PNG or JPEG: bytes the model's decoder reads as they are (kept byte for
+    byte); anything else goes through ``to_rgb8`` and is re-encoded as PNG."""
+    return fmt in ("PNG", "JPEG") and mode == "RGB" and bits == 8
 
 
 # The raster formats a slide tile comes in. Pillow knows ~40 more (EPS would run
@@ -169,10 +178,8 @@ def load_image(
                 probe.verify()
             with Image.open(io.BytesIO(data), formats=READ_FORMATS) as image:
                 image.load()  # decodes every pixel: truncated files fail here
-                mode = image.mode
-                bits = image.info.get("bits", 8)
-                rgb = None if (fmt in ("PNG", "JPEG") and mode == "RGB") else _to_rgb8(image)
-                pixels = rgb or image.copy()  # the file closes with this block
+                kept = sent_as_is(fmt, image.mode, int(image.info.get("bits", 8)))
+                pixels = to_rgb8(image)  # a copy: the file closes with this block
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -184,10 +191,8 @@ def load_image(
     if min(width, height) < min_side:
         raise BadImageError(f"too small: {width}x{height}, minimum side is {min_side}px")
     source_format = fmt or "unknown"
-    if rgb is None and bits == 8:
+    if kept:
         return LoadedImage(data, height, width, False, pixels, source_format)
-    if rgb is None:  # an RGB PNG of more than 8 bits per channel
-        pixels = _to_rgb8(Image.open(io.BytesIO(data)))
     buffer = io.BytesIO()
     pixels.save(buffer, format="PNG")
     return LoadedImage(buffer.getvalue(), height, width, True, pixels, source_format)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import io
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from preprocessing import image_io  # the one conversion, shared with training data
 
 MIN_SIDE = 32
 SENT_AS_IS = {"PNG", "JPEG"}
@@ -35,19 +36,6 @@ class Prepared:
     data: bytes  # what is sent: the original bytes or an RGB PNG
     size: tuple[int, int]  # (width, height) of the file
     notes: list[str]
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale, don't clip
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-        image = Image.fromarray((array / peak * 255.0).round().astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, "white")  # transparent = empty slide
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
 
 
 def _png(image: Image.Image) -> bytes:
@@ -88,13 +76,16 @@ def prepare_bytes(name: str, data: bytes, min_side: int = MIN_SIDE) -> Prepared:
             f"image too small: {width}x{height} px, needs at least {min_side} px per side"
         )
     notes = []
-    if image.format in SENT_AS_IS and image.mode == "RGB":
+    bits = int(image.info.get("bits", 8))
+    if image_io.sent_as_is(image.format, image.mode, bits):
         return Prepared(path, data, (width, height), notes)
     if image.mode != "RGB":
         notes.append(f"converted {image.mode} to RGB")
     if image.format not in SENT_AS_IS:
         notes.append(f"re-encoded {image.format} as PNG")
-    return Prepared(path, _png(_to_rgb(image)), (width, height), notes)
+    elif bits != 8:
+        notes.append(f"converted {bits}-bit to 8-bit")
+    return Prepared(path, _png(image_io.to_rgb8(image)), (width, height), notes)
 
 
 def _format(data: bytes) -> str:

@@ -396,3 +396,21 @@ def test_the_recipe_trains_and_fine_tunes_under_mirrored_strategy(weights_file, 
     assert set(trained.history) == {"head", "fine_tune", "head_after_fine_tune"}
     assert len(trained.history["fine_tune"]["loss"]) == 1
     assert len(trained.eval_logits) == len(splits["eval_labels"])
+
+
+def test_fine_tuning_tiles_are_kept_in_memory_only_within_the_budget():
+    hp = trainer_module.hyperparameters({"image_size": 224, "max_tiles": 12})
+    assert recipe.tile_cache_fits(500, hp)  # the shared BreakHis sets: 3.4 GiB at most
+    assert not recipe.tile_cache_fits(10_000, hp)  # 67 GiB: decoded again each epoch
+    assert not recipe.tile_cache_fits(None, hp)  # unknown size: never cached
+    assert recipe.tile_cache_fits(10_000, {**hp, "tile_cache_mb": 80 * 1024})
+
+
+@pytest.mark.parametrize("n_images", [None, 4])
+def test_the_tile_input_is_the_same_with_or_without_its_cache(n_images):
+    hp = tiny_settings(batch_size=4)
+    images, labels = encoded_images(4), [0, 1, 0, 1]
+    dataset = recipe.tile_dataset(pairs(images, labels)(), hp, seed=1, n_images=n_images)
+    tiles, tile_labels = next(iter(dataset))
+    assert tiles.shape == (4, SIZE, SIZE, 3) and tile_labels.shape == (4,)
+    assert 0.0 <= float(tf.reduce_min(tiles)) and float(tf.reduce_max(tiles)) <= 1.0

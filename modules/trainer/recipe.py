@@ -218,8 +218,21 @@ def fit_head(
     return {k: [float(v) for v in values] for k, values in history.history.items()}
 
 
-def tile_dataset(images: tf.data.Dataset, hp: dict[str, Any], seed: int) -> tf.data.Dataset:
-    """Fine-tuning input: every tile of every training image, shuffled and augmented."""
+def tile_cache_fits(n_images: int | None, hp: dict[str, Any]) -> bool:
+    """Whether every training tile, decoded, fits the in-memory budget (``tile_cache_mb``),
+    counting ``max_tiles`` float32 tiles per image (an upper bound). Above it each epoch
+    decodes again: memory stays flat however many images there are."""
+    if n_images is None:
+        return False
+    size, max_tiles = int(hp["image_size"]), int(hp["max_tiles"])
+    return n_images * max_tiles * size * size * 3 * 4 <= float(hp["tile_cache_mb"]) * 2**20
+
+
+def tile_dataset(
+    images: tf.data.Dataset, hp: dict[str, Any], seed: int, n_images: int | None = None
+) -> tf.data.Dataset:
+    """Fine-tuning input: every tile of every training image, shuffled and augmented;
+    decoded once and kept in memory when ``tile_cache_fits``."""
     size, max_tiles = int(hp["image_size"]), int(hp["max_tiles"])
 
     def tiles(image: tf.Tensor, label: tf.Tensor) -> tf.data.Dataset:
@@ -227,10 +240,11 @@ def tile_dataset(images: tf.data.Dataset, hp: dict[str, Any], seed: int) -> tf.d
         labels = tf.fill([tf.shape(cut)[0]], tf.cast(label, tf.float32))
         return tf.data.Dataset.from_tensor_slices((cut, labels))
 
+    tiled = images.flat_map(tiles)
+    if tile_cache_fits(n_images, hp):
+        tiled = tiled.cache()
     return (
-        images.flat_map(tiles)
-        .cache()
-        .shuffle(2048, seed=seed, reshuffle_each_iteration=True)
+        tiled.shuffle(2048, seed=seed, reshuffle_each_iteration=True)
         .repeat()
         .map(lambda t, y: (augment(t, seed), y), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(int(hp["batch_size"]))
@@ -245,6 +259,7 @@ def fine_tune(
     hp: dict[str, Any],
     steps_per_epoch: int,
     callbacks: list[tf.keras.callbacks.Callback],
+    n_images: int | None = None,
 ) -> dict[str, list[float]]:
     """The top of the backbone and the head, end to end on augmented tiles."""
     trainable = unfreeze_top(backbone_model, float(hp["fine_tune_fraction"]))
@@ -254,7 +269,7 @@ def fine_tune(
         loss=tf.keras.losses.BinaryCrossentropy(),
     )
     history = model.fit(
-        tile_dataset(images(), hp, int(hp["seed"])),
+        tile_dataset(images(), hp, int(hp["seed"]), n_images),
         steps_per_epoch=max(1, steps_per_epoch),
         epochs=int(hp["epochs_fine_tune"]),
         callbacks=list(callbacks),
@@ -399,7 +414,13 @@ def train(
         with strategy.scope():
             steps = fine_tune_steps or max(1, len(train_features[1]) // int(hp["batch_size"]))
             history["fine_tune"] = fine_tune(
-                model, backbone.model, train_images, hp, steps, callbacks("fine_tune")
+                model,
+                backbone.model,
+                train_images,
+                hp,
+                steps,
+                callbacks("fine_tune"),
+                n_images=len(train_features[1]),
             )
         train_features, eval_features = read_features(None)  # the backbone has changed
         history["head_after_fine_tune"] = fit_head(

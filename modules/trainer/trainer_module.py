@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "dropout": 0.2,
     "head_l2": 0.02,
     "early_stopping_patience": 30,  # head epochs without a better eval AUC
+    "tile_cache_mb": 4096,  # decoded fine-tuning tiles kept in memory up to this (recipe)
     "threshold_rule": "balanced_prior",  # recipe.THRESHOLD_RULES; measured best (README)
     "seed": 42,
 }
