@@ -45,6 +45,7 @@ setup(
             "scikit-image",
             "scikit-learn",
             "selenium>=4.30,<5",  # drives Debian's chromium in tests/test_web_browser.py
+            "gcp-storage-emulator",  # GCS on 127.0.0.1 for tests/test_object_store.py
         ],
     },
     entry_points={

@@ -14,6 +14,7 @@ from tfx.proto import example_gen_pb2
 
 from components.anomalies_gate import AnomaliesGate
 from components.baseline_statistics import BaselineStatisticsStrategy
+from components.committed_example_gen import CommittedImportExampleGen
 from components.curated_schema_gen import CuratedSchemaGen
 from components.drift_gate import DriftGate
 from components.eval_report.component import EvalReport
@@ -152,9 +153,10 @@ def create_pipeline(
     """Lists the components in order; see the README for what each one guards."""
     components = []
 
-    example_gen = tfx.components.ImportExampleGen(
+    # The latest committed span (an object-store span being copied is not read yet).
+    example_gen = CommittedImportExampleGen(
         input_base=data_root, input_config=_split_input_config()
-    )
+    ).with_id("ImportExampleGen")
     components.append(example_gen)
 
     leakage_gate = PatientLeakageGate(

@@ -16,8 +16,8 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from modules import features
-from preprocessing import beam_runner, image_content, patients, splits
+from preprocessing import beam_runner, image_content, patients, splits, storage
 from preprocessing.examples import to_example
 from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, BadImageError, load_image
 from preprocessing.layouts import ImageRecord, Reject
@@ -43,7 +43,6 @@ REJECTS_TAG = "rejects"
 REJECTS_FILE = "rejects.csv"
 SUMMARY_FILE = "summary.json"
 ASSIGNMENTS_FILE = "split_assignments.json"  # {patient: split}, published with the span
-_SPAN_DIR = re.compile(r"^span-(\d+)$")
 
 
 class PreprocessingError(RuntimeError):
@@ -95,12 +94,7 @@ class EncodeExample(beam.DoFn):
 
 
 def next_span(output_root: str) -> int:
-    existing = [
-        int(m.group(1))
-        for name in (os.listdir(output_root) if os.path.isdir(output_root) else [])
-        if (m := _SPAN_DIR.match(name))
-    ]
-    return max(existing, default=0) + 1
+    return max(storage.span_numbers(output_root), default=0) + 1
 
 
 # This project's setup.py, beside the packages (a source checkout or the pipeline image).
@@ -154,10 +148,9 @@ def run_beam(
 ) -> dict[str, int]:
     """Writes every split's shards and the rejects CSV under workdir; returns Beam counters."""
     args = default_beam_args(beam_args)
-    local = runs_locally(args)
-    progress_dir = os.path.join(workdir, ".progress") if local else None
+    # Workers on this machine count their images in a local folder the printer reads.
+    progress_dir = tempfile.mkdtemp(prefix="histo-progress-") if runs_locally(args) else None
     if progress_dir:
-        os.makedirs(progress_dir)
         printer = ProgressPrinter(progress_dir, len(assigned))
         printer.start()
     try:
@@ -193,13 +186,13 @@ def _run_pipeline(
                 | f"Values_{split}" >> beam.Values()
                 | f"Write_{split}"
                 >> beam.io.WriteToTFRecord(
-                    os.path.join(workdir, split, "data"),
+                    storage.join(workdir, split, "data"),
                     file_name_suffix=".tfrecord.gz",
                     compression_type=CompressionTypes.GZIP,
                 )
             )
         _ = results[REJECTS_TAG] | "WriteRejects" >> beam.io.WriteToText(
-            os.path.join(workdir, "beam-rejects"), file_name_suffix=".csv"
+            storage.join(workdir, "beam-rejects"), file_name_suffix=".csv"
         )
     counters = pipeline.result.metrics().query()["counters"]
     return {c.key.metric.name: c.committed or c.attempted or 0 for c in counters}
@@ -220,13 +213,14 @@ def read_beam_rejects(workdir: str) -> list[Reject]:
     return rejects
 
 
-def write_reports(workdir: str, rejects: list[Reject], summary: dict) -> None:
-    with open(os.path.join(workdir, REJECTS_FILE), "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["source", "reason"])
-        writer.writerows((r.source, r.reason) for r in sorted(rejects, key=lambda r: r.source))
-    with open(os.path.join(workdir, SUMMARY_FILE), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
+def write_reports(folder: str, rejects: list[Reject], summary: dict) -> None:
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["source", "reason"])
+    writer.writerows((r.source, r.reason) for r in sorted(rejects, key=lambda r: r.source))
+    storage.write_text(storage.join(folder, REJECTS_FILE), table.getvalue())
+    summary_text = json.dumps(summary, indent=2, sort_keys=True)
+    storage.write_text(storage.join(folder, SUMMARY_FILE), summary_text)
 
 
 def published_assignments(output_root: str) -> dict[str, str]:
@@ -236,21 +230,17 @@ def published_assignments(output_root: str) -> dict[str, str]:
     spans) are an error, not something to guess about.
     """
     merged: dict[str, str] = {}
-    for span in sorted(
-        int(m.group(1))
-        for name in (os.listdir(output_root) if os.path.isdir(output_root) else [])
-        if (m := _SPAN_DIR.match(name))
-    ):
-        path = os.path.join(output_root, f"span-{span}", ASSIGNMENTS_FILE)
-        if not os.path.exists(path):
-            continue
-        with open(path, encoding="utf-8") as f:
-            for patient, split in json.load(f).items():
-                if merged.setdefault(patient, split) != split:
-                    raise PreprocessingError(
-                        f"{path}: patient {patient} is in '{split}' here but in "
-                        f"'{merged[patient]}' in an earlier span"
-                    )
+    for span in storage.span_numbers(output_root):
+        span_dir = storage.join(output_root, f"span-{span}")
+        path = storage.join(span_dir, ASSIGNMENTS_FILE)
+        if not storage.committed(span_dir) or not storage.exists(path):
+            continue  # on an object store: a span still being copied, or one that failed
+        for patient, split in json.loads(storage.read_bytes(path)).items():
+            if merged.setdefault(patient, split) != split:
+                raise PreprocessingError(
+                    f"{path}: patient {patient} is in '{split}' here but in "
+                    f"'{merged[patient]}' in an earlier span"
+                )
     return merged
 
 
@@ -268,12 +258,13 @@ def preprocess(
     patient_rule: str = patients.DEFAULT_RULE,
 ) -> dict:
     """Runs the job and publishes ``span-N`` atomically; returns the summary written with it."""
-    os.makedirs(output_root, exist_ok=True)
+    if storage.is_local(output_root):
+        os.makedirs(output_root, exist_ok=True)
     span = span or next_span(output_root)
-    final_dir = os.path.join(output_root, f"span-{span}")
-    if os.path.exists(final_dir):
+    final_dir = storage.join(output_root, f"span-{span}")
+    if span in storage.span_numbers(output_root):
         raise PreprocessingError(f"{final_dir} exists already; spans are never overwritten")
-    workdir = os.path.join(output_root, f".tmp-span-{span}-{uuid.uuid4().hex[:8]}")
+    workdir = storage.join(output_root, f".tmp-span-{span}-{uuid.uuid4().hex[:8]}")
     records = [
         dataclasses.replace(
             r,
@@ -289,7 +280,8 @@ def preprocess(
     assigned = [(assignment[r.patient_id], r) for r in records]
     started = time.time()
     try:
-        os.makedirs(workdir)
+        if storage.is_local(workdir):
+            os.makedirs(workdir)
         counters = run_beam(assigned, workdir, beam_args, min_side, max_pixels) if assigned else {}
         rejects = discovery_rejects + read_beam_rejects(workdir)
         rejected = {r.source for r in rejects}
@@ -309,9 +301,9 @@ def preprocess(
             "splits": splits.summarize(kept),
         }
         summary["warnings"] = splits.class_warnings(summary["splits"])
-        write_reports(workdir, rejects, summary)
-        with open(os.path.join(workdir, ASSIGNMENTS_FILE), "w", encoding="utf-8") as f:
-            json.dump({p: s for s, p, _ in sorted(kept)}, f, indent=2, sort_keys=True)
+        assignments = {p: s for s, p, _ in sorted(kept)}
+        assignments_text = json.dumps(assignments, indent=2, sort_keys=True)
+        storage.write_text(storage.join(workdir, ASSIGNMENTS_FILE), assignments_text)
         fraction = len(rejects) / total if total else 1.0
         problem = None
         if not kept:
@@ -322,15 +314,14 @@ def preprocess(
                 f"threshold of {max_reject_fraction:.1%}"
             )
         if problem:
-            failed_dir = os.path.join(output_root, "failed", f"span-{span}-{int(time.time())}")
-            os.makedirs(failed_dir)
-            for name in (REJECTS_FILE, SUMMARY_FILE):
-                shutil.move(os.path.join(workdir, name), os.path.join(failed_dir, name))
+            failed_dir = storage.join(output_root, "failed", f"span-{span}-{int(time.time())}")
+            write_reports(failed_dir, rejects, summary)
             raise PreprocessingError(
                 f"{problem}; no span written. Rejects report: {failed_dir}/{REJECTS_FILE}"
             )
-        os.rename(workdir, final_dir)
+        write_reports(workdir, rejects, summary)
+        storage.commit_span(workdir, final_dir)
         summary["span_dir"] = final_dir
         return summary
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        storage.delete_tree(workdir)

@@ -12,10 +12,12 @@ whatever was inferred for the files it lists.
 
 import csv
 import dataclasses
+import io
 import os
 import re
 
 from modules import features
+from preprocessing import storage
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LAYOUTS = ("auto", "class-folders", "breakhis", "idc")
@@ -68,6 +70,8 @@ def scan_images(root: str) -> tuple[list[str], list[Reject]]:
     entries are skipped; a link back to a folder being walked (a loop) is skipped too, the
     images in it are listed under their real path.
     """
+    if not storage.is_local(root):
+        return _scan_store(root), []
     root_real = os.path.realpath(root)
     found: list[str] = []
     rejects: list[Reject] = []
@@ -110,6 +114,18 @@ def scan_images(root: str) -> tuple[list[str], list[Reject]]:
             except OSError as err:
                 rejects.append(Reject(rel, f"cannot be read: {err.strerror or err}"))
     return sorted(found), sorted(rejects, key=lambda r: r.source)
+
+
+def _scan_store(root: str) -> list[str]:
+    """Image objects under an object-store prefix (no links or folders to check there);
+    hidden names (any path segment starting with a dot) are skipped, as locally."""
+    found = []
+    for path in storage.files_under(root):
+        rel = storage.relative(path, root)
+        hidden = any(part.startswith(".") for part in rel.split("/"))
+        if not hidden and rel.lower().endswith(IMAGE_EXTENSIONS):
+            found.append(rel)
+    return sorted(found)
 
 
 def list_images(root: str) -> list[str]:
@@ -196,29 +212,34 @@ def parse_path(rel: str, layout: str = "auto") -> dict:
 def read_manifest(path: str, root: str) -> dict[str, dict]:
     """{relative source: overrides} from a CSV with at least path,label,patient_id columns."""
     overrides: dict[str, dict] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "label", "patient_id"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: manifest lacks column(s) {sorted(missing)}")
-        for line_no, row in enumerate(reader, start=2):
-            raw = row["path"].strip()
+    if not storage.exists(path):
+        raise FileNotFoundError(f"{path}: manifest not found")
+    text = storage.read_bytes(path).decode("utf-8-sig")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = {"path", "label", "patient_id"} - set(reader.fieldnames or [])
+    if missing:
+        raise ValueError(f"{path}: manifest lacks column(s) {sorted(missing)}")
+    for line_no, row in enumerate(reader, start=2):
+        raw = row["path"].strip()
+        if not storage.is_local(raw):
+            rel = storage.relative(raw, root)
+        else:
             rel = os.path.relpath(raw, root) if os.path.isabs(raw) else raw
-            rel = rel.replace(os.sep, "/")
-            try:
-                entry = {
-                    "label": features.label_from_name(row["label"]),
-                    "patient_id": row["patient_id"].strip(),
-                }
-            except ValueError as err:
-                raise ValueError(f"{path}:{line_no}: {err}") from None
-            if not entry["patient_id"]:
-                raise ValueError(f"{path}:{line_no}: empty patient_id for {raw}")
-            if row.get("magnification"):
-                entry["magnification"] = int(row["magnification"])
-            if row.get("subtype"):
-                entry["subtype"] = row["subtype"].strip()
-            overrides[rel] = entry
+        rel = rel.replace(os.sep, "/")
+        try:
+            entry = {
+                "label": features.label_from_name(row["label"]),
+                "patient_id": row["patient_id"].strip(),
+            }
+        except ValueError as err:
+            raise ValueError(f"{path}:{line_no}: {err}") from None
+        if not entry["patient_id"]:
+            raise ValueError(f"{path}:{line_no}: empty patient_id for {raw}")
+        if row.get("magnification"):
+            entry["magnification"] = int(row["magnification"])
+        if row.get("subtype"):
+            entry["subtype"] = row["subtype"].strip()
+        overrides[rel] = entry
     return overrides
 
 
@@ -241,7 +262,7 @@ def discover(
                 continue
             info = {}
         info.update(overrides.get(rel, {}))
-        records.append(ImageRecord(path=os.path.join(root, rel), source=rel, **info))
+        records.append(ImageRecord(path=storage.join(root, rel), source=rel, **info))
     known = set(sources) | {r.source for r in unreadable}
     rejects.extend(
         Reject(rel, "listed in the manifest but not found") for rel in overrides if rel not in known

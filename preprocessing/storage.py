@@ -1,0 +1,121 @@
+"""Files on this machine or on an object store (``gs://``; ``s3://`` with Beam's aws extra),
+through Beam's FileSystems, so the job reads and writes what Dataflow workers can see.
+
+Local paths keep the local guarantees (symlink checks in ``layouts``, the atomic rename of
+a finished span). An object store has neither folders nor an atomic rename of many
+objects: a span is written under a staging prefix, copied into place, and marked complete
+by ``COMMIT_MARKER`` written last (``commit_span``); readers of earlier spans count only
+those with the marker (``committed``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+COMMIT_MARKER = "_SUCCESS"  # the last object of a span; its presence is the commit
+SPAN_DIR = re.compile(r"^span-(\d+)$")  # what ImportExampleGen's {SPAN} pattern reads
+_RAW = CompressionTypes.UNCOMPRESSED
+
+
+def is_local(path: str) -> bool:
+    """A path of this machine's file system (no scheme, or ``file://``)."""
+    return FileSystems.get_scheme(path) in (None, "file")
+
+
+def join(base: str, *parts: str) -> str:
+    return FileSystems.join(base, *parts) if not is_local(base) else os.path.join(base, *parts)
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path, compression_type=_RAW) as f:
+        return f.read()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """One whole object (locally: one file, its folder created first)."""
+    if is_local(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with FileSystems.create(path, compression_type=_RAW) as f:
+        f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def files_under(root: str) -> list[str]:
+    """Every file (object) below root, full paths, sorted; [] when there is none."""
+    pattern = FileSystems.join(root.rstrip("/"), "**")
+    try:
+        [result] = FileSystems.match([pattern])
+    except Exception:  # noqa: BLE001 - Beam raises BeamIOError for a prefix with no objects
+        return []
+    return sorted(m.path for m in result.metadata_list)
+
+
+def relative(path: str, root: str) -> str:
+    """path below root, with forward slashes."""
+    prefix = root.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        raise ValueError(f"{path} is not below {root}")
+    return path[len(prefix) :]
+
+
+def child_names(root: str) -> set[str]:
+    """Names of the entries right below root (objects' first path segment on a store)."""
+    if is_local(root):
+        return set(os.listdir(root)) if os.path.isdir(root) else set()
+    return {relative(p, root).split("/", 1)[0] for p in files_under(root)}
+
+
+def span_numbers(root: str) -> list[int]:
+    """Every span-N under root, committed or not (N is never reused), sorted."""
+    return sorted(int(m.group(1)) for name in child_names(root) if (m := SPAN_DIR.match(name)))
+
+
+def latest_committed_span(root: str) -> int | None:
+    """The highest committed span-N under root; None when there is none."""
+    for span in reversed(span_numbers(root)):
+        if committed(join(root, f"span-{span}")):
+            return span
+    return None
+
+
+def delete_tree(path: str) -> None:
+    """Everything below path; nothing when it does not exist."""
+    if is_local(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    files = files_under(path)
+    if files:
+        FileSystems.delete(files)
+
+
+def committed(span_dir: str) -> bool:
+    """Whether the span is complete. A local span that exists is (it was renamed into place
+    when finished; spans written before the marker existed have none)."""
+    return exists(join(span_dir, COMMIT_MARKER)) or (is_local(span_dir) and os.path.isdir(span_dir))
+
+
+def commit_span(staging: str, final: str) -> None:
+    """Publishes a finished span. Locally one atomic rename; on an object store every
+    object is copied under ``final`` and ``COMMIT_MARKER`` is written last, then the
+    staging objects are deleted."""
+    if is_local(staging):
+        write_bytes(os.path.join(staging, COMMIT_MARKER), b"")
+        os.rename(staging, final)
+        return
+    sources = files_under(staging)
+    targets = [join(final, relative(p, staging)) for p in sources]
+    FileSystems.copy(sources, targets)
+    write_bytes(join(final, COMMIT_MARKER), b"")
+    FileSystems.delete(sources)
