@@ -34,6 +34,7 @@ setup(
         "pillow>=10",
         "numpy<2",
         "scipy",
+        "matplotlib>=3.10,<3.11",  # the evaluation report's charts (Agg, no display)
         "flask>=3.1,<3.2",  # serving/web.py, the pathologist's page
         "waitress>=3,<4",  # its WSGI server
     ],

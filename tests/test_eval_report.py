@@ -1,17 +1,20 @@
 """Evaluation report: every section is there and its numbers are TFMA's own."""
 
 import glob
+import io
 import json
 import os
 import re
 
+import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
+from PIL import Image
 from tensorflow_model_analysis.proto import validation_result_pb2
 
 import local_runner
-from components.eval_report import derive, html_report, sources
+from components.eval_report import charts, derive, html_report, sources
 from components.eval_report.tfma_reader import EvalData
 from histo_testlib import node_states
 from modules import features
@@ -228,3 +231,20 @@ def test_report_data_lineage_and_blessing(first_run, demo_data, report):
     assert blessing["blessed"] is True
     assert any("auc >= 0.6" in " ".join(r["rules"]) for r in blessing["rules"])
     assert "BLESSED" in _section(report["html"], "blessing")
+
+
+def test_charts_are_matplotlib_pngs_with_each_series_drawn():
+    flat = charts.Series("half", [(0.0, 0.5), (1.0, 0.5)], color="#ff0000")
+    dots = charts.Series("dots", [(0.25, 0.9)], color="#00ff00", markers=True, sizes=[6.0])
+    png = charts.unit_chart("t", "x", "y", [flat, dots], diagonal="chance")
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    assert image.shape == (400, 420, 3)
+    red = np.argwhere((image[..., 0] > 200) & (image[..., 1] < 60) & (image[..., 2] < 60))
+    green = np.argwhere((image[..., 1] > 200) & (image[..., 0] < 60) & (image[..., 2] < 60))
+    # The y = 0.5 line: one band of rows; the dot at y = 0.9 above it, at x = 0.25 left of
+    # the line's middle (the legend's swatches sit low on the right, below both).
+    line_rows = red[red[:, 1] < red[:, 1].min() + 50][:, 0]
+    assert line_rows.max() - line_rows.min() <= 4
+    upper_green = green[green[:, 0] < line_rows.min()]
+    assert len(upper_green) > 20
+    assert upper_green[:, 1].mean() < red[:, 1].mean()

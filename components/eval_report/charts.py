@@ -1,7 +1,7 @@
-"""Unit-square charts (ROC, precision-recall, reliability) drawn with PIL as base64 PNGs.
+"""Unit-square charts (ROC, precision-recall, reliability) drawn with matplotlib as PNGs.
 
-matplotlib is not a dependency of the pipeline image; every chart of the report lives in
-[0, 1] x [0, 1], which a few lines of PIL draw well enough.
+Every chart of the report lives in [0, 1] x [0, 1]. matplotlib's Agg backend renders
+without a display (pipeline pods, CI); the PNG is embedded in the report's one file.
 """
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ import base64
 import dataclasses
 import io
 
-from PIL import Image, ImageDraw, ImageFont
+import matplotlib
 
-WIDTH, HEIGHT = 420, 400
-LEFT, RIGHT, TOP, BOTTOM = 58, 16, 34, 52
+matplotlib.use("Agg")  # before pyplot: no display in a pod
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+SIZE_INCHES, DPI = (4.2, 4.0), 100  # 420 x 400 px, the report's layout
 
 
 @dataclasses.dataclass
@@ -22,75 +25,37 @@ class Series:
     points: list[tuple[float, float]]
     color: str = "#1f5fbf"
     markers: bool = False
-    sizes: list[float] | None = None  # marker radius per point (reliability: bin share)
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
-
-
-def _to_pixel(x: float, y: float) -> tuple[float, float]:
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    return LEFT + x * plot_w, TOP + (1.0 - y) * plot_h
+    sizes: list[float] | None = None  # marker radius in px per point (reliability: bin share)
 
 
 def unit_chart(
     title: str, x_label: str, y_label: str, series: list[Series], diagonal: str | None = None
 ) -> bytes:
     """PNG bytes of a chart over [0, 1]^2; ``diagonal`` labels the y = x reference line."""
-    image = Image.new("RGB", (WIDTH, HEIGHT), "white")
-    draw = ImageDraw.Draw(image)
-    small, medium = _font(12), _font(14)
-    for tick in range(6):
-        v = tick / 5
-        x0, y0 = _to_pixel(v, 0.0)
-        x1, y1 = _to_pixel(v, 1.0)
-        draw.line([(x0, y0), (x1, y1)], fill="#e4e4e4")
-        draw.text((x0, y0 + 6), f"{v:.1f}", fill="black", font=small, anchor="mt")
-        gx0, gy0 = _to_pixel(0.0, v)
-        gx1, gy1 = _to_pixel(1.0, v)
-        draw.line([(gx0, gy0), (gx1, gy1)], fill="#e4e4e4")
-        draw.text((gx0 - 6, gy0), f"{v:.1f}", fill="black", font=small, anchor="rm")
-    draw.rectangle([_to_pixel(0.0, 1.0), _to_pixel(1.0, 0.0)], outline="black")
-    if diagonal:
-        draw.line([_to_pixel(0, 0), _to_pixel(1, 1)], fill="#999999", width=1)
-    entries = len(series) + (1 if diagonal else 0)
-    legend_y = _to_pixel(0.0, 0.0)[1] - 8 - 16 * entries  # bottom right: curves rarely go there
-    for s in series:
-        pixels = [_to_pixel(x, y) for x, y in s.points]
-        if len(pixels) > 1 and not s.markers:
-            draw.line(pixels, fill=s.color, width=2)
-        if s.markers:
-            if len(pixels) > 1:
-                draw.line(pixels, fill=s.color, width=1)
-            for index, (px, py) in enumerate(pixels):
-                r = s.sizes[index] if s.sizes else 4
-                draw.ellipse([px - r, py - r, px + r, py + r], fill=s.color)
-        x_legend = _to_pixel(1.0, 0.0)[0] - 8
-        draw.text((x_legend, legend_y), s.label, fill=s.color, font=small, anchor="ra")
-        legend_y += 16
-    if diagonal:
-        draw.text(
-            (_to_pixel(1.0, 0.0)[0] - 8, legend_y),
-            diagonal,
-            fill="#777777",
-            font=small,
-            anchor="ra",
-        )
-    draw.text((WIDTH / 2, 10), title, fill="black", font=medium, anchor="mt")
-    draw.text(
-        (LEFT + (WIDTH - LEFT - RIGHT) / 2, HEIGHT - 8),
-        x_label,
-        fill="black",
-        font=small,
-        anchor="mb",
-    )
-    label = Image.new("RGB", (HEIGHT - TOP - BOTTOM, 18), "white")
-    ImageDraw.Draw(label).text((label.width / 2, 9), y_label, fill="black", font=small, anchor="mm")
-    image.paste(label.rotate(90, expand=True), (2, TOP))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
+    figure, axes = plt.subplots(figsize=SIZE_INCHES, dpi=DPI)
+    try:
+        if diagonal:
+            axes.plot([0, 1], [0, 1], color="#999999", linewidth=1, label=diagonal)
+        for s in series:
+            xs, ys = [p[0] for p in s.points], [p[1] for p in s.points]
+            if s.markers:
+                axes.plot(xs, ys, color=s.color, linewidth=1)
+                # scatter sizes are areas in points^2; the radii are in pixels at DPI.
+                radii = s.sizes or [4.0] * len(xs)
+                areas = [(r * 72.0 / DPI * 2) ** 2 for r in radii]
+                axes.scatter(xs, ys, s=areas, color=s.color, label=s.label, zorder=3)
+            else:
+                axes.plot(xs, ys, color=s.color, linewidth=2, label=s.label)
+        axes.set(xlim=(0, 1), ylim=(0, 1), title=title, xlabel=x_label, ylabel=y_label)
+        axes.set_aspect("equal")
+        axes.grid(color="#e4e4e4")
+        axes.legend(loc="lower right", fontsize="small", frameon=False)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        return buffer.getvalue()
+    finally:
+        plt.close(figure)
 
 
 def data_uri(png: bytes) -> str:
