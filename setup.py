@@ -26,7 +26,7 @@ setup(
             for suffix in ("", ".*")
         ]
     ),
-    package_data={"serving": ["templates/*.html"]},
+    package_data={"serving": ["templates/*.html"], "components": ["eval_report/templates/*.html"]},
     py_modules=["local_runner", "kubeflow_runner", "kubeflow_v2_runner"],
     install_requires=[
         "tfx[kfp]==1.15.1",

@@ -275,6 +275,7 @@ def create_pipeline(
         model=trainer.outputs["model"],
         statistics=statistics_gen.outputs["statistics"],
         examples=example_gen.outputs["examples"],
+        gallery=grad_cam.outputs["gallery"],  # a row of its thumbnails in the report
         eval_split=eval_split,
     )
     components.append(eval_report)

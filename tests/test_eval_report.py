@@ -3,6 +3,7 @@
 import glob
 import io
 import json
+import math
 import os
 import re
 
@@ -14,13 +15,15 @@ from PIL import Image
 from tensorflow_model_analysis.proto import validation_result_pb2
 
 import local_runner
-from components.eval_report import charts, derive, html_report, sources
+from components.eval_report import charts, derive, html_report, model_card, sources
 from components.eval_report.tfma_reader import EvalData
 from histo_testlib import node_states
 from modules import features
 from modules.trainer import export
 
 SECTIONS = (
+    "model-card",
+    "grad-cam",
     "blessing",
     "overall",
     "operating-point",
@@ -143,8 +146,32 @@ def test_eval_report_ran_with_every_section(first_run, report):
     assert states["EvalReport"][0] == "COMPLETE", states
     for anchor in SECTIONS:
         _section(report["html"], anchor)
-    # Self-contained: every image is inline, nothing is fetched.
-    assert re.findall(r'src="([^"]{0,22})', report["html"]) == ["data:image/png;base64,"] * 3
+    # Self-contained: every image is inline, nothing is fetched: 3 charts, then Grad-CAM
+    # thumbnails of each class from this run's gallery.
+    sources = re.findall(r'src="([^"]{0,23})', report["html"])
+    assert sources[:3] == ["data:image/png;base64,"] * 3
+    assert sources[3:] == ["data:image/jpeg;base64,"] * 4
+
+
+def test_report_has_a_model_card_with_intervals_and_grad_cam_thumbnails(report):
+    card = _section(report["html"], "model-card")
+    assert "Not a diagnostic device" in card
+    op = report["json"]["operating_point"]
+    low, high = model_card.wilson_interval(op["tp"], op["tp"] + op["fn"])
+    assert f"<td>sensitivity</td><td>{op['sensitivity']:.4f}</td>" in card
+    assert f"{low:.3f} &ndash; {high:.3f}" in card
+    thumbs = _section(report["html"], "grad-cam")
+    assert thumbs.count("truth <b>benign</b>") == thumbs.count("truth <b>malignant</b>") == 2
+
+
+def test_interval_formulas_match_published_values():
+    # Wilson 95% for 8 of 10: [0.4902, 0.9433] (Newcombe 1998, table I).
+    assert model_card.wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert all(math.isnan(v) for v in model_card.wilson_interval(0, 0))
+    # Hanley & McNeil: AUC 0.9 with 50 + 50 cases has a standard error of about 0.032.
+    low, high = model_card.auc_interval(0.9, 50, 50)
+    assert (high - low) / 2 / model_card.Z95 == pytest.approx(0.0321, abs=5e-4)
+    assert model_card.auc_interval(0.99, 5, 5)[1] == 1.0  # clipped
 
 
 def test_report_numbers_are_tfmas(first_run, report):

@@ -16,7 +16,8 @@ from tfx.types.artifact import Artifact
 
 from components import kfp_ui
 from components.eval_report import content, html_report, sources, tfma_reader
-from components.grad_cam import model_io
+from components.grad_cam import component as grad_cam
+from components.grad_cam import model_io, render
 from modules import features
 from modules.trainer import export
 
@@ -30,6 +31,30 @@ class EvaluationReport(Artifact):
     TYPE_NAME = "histopath.EvaluationReport"
 
 
+THUMBNAILS_PER_CLASS = 2  # Grad-CAM thumbnails of each class in the report
+
+
+def gallery_thumbnails(gallery: Artifact | None) -> tuple[list[dict], dict[str, str]]:
+    """A few of the GradCam gallery's entries (each class) with inline thumbnails, and the
+    gallery's facts; none when the gallery has no images."""
+    if gallery is None:
+        return [], {"note": "no Grad-CAM gallery in this run"}
+    with fileio.open(os.path.join(gallery.uri, grad_cam.SUMMARY_FILE)) as f:
+        summary = json.loads(f.read())
+    facts = {"split": summary.get("split", ""), "uri": gallery.uri}
+    if summary.get("status") != "ok":
+        return [], {**facts, "note": summary.get("reason", "unavailable")}
+    chosen = []
+    for name in features.LABEL_NAMES:
+        tiles = [t for t in summary["tiles"] if t["label_name"] == name]
+        chosen += tiles[:THUMBNAILS_PER_CLASS]
+    thumbs = [
+        {**t, "src": render.thumbnail_data_uri(os.path.join(gallery.uri, t["png"]), width=240)}
+        for t in chosen
+    ]
+    return thumbs, facts
+
+
 def write_report(
     evaluation: Artifact,
     blessing: Artifact,
@@ -38,6 +63,7 @@ def write_report(
     examples: Artifact,
     eval_split: str,
     out: str,
+    gallery: Artifact | None = None,
 ) -> dict:
     """Builds the report from the artifacts into ``out``; returns its content."""
     data = tfma_reader.load(evaluation.uri)
@@ -54,7 +80,7 @@ def write_report(
         evaluation_uri=evaluation.uri,
     )
     with fileio.open(os.path.join(out, HTML_FILE), "w") as f:
-        f.write(html_report.render(report, threshold))
+        f.write(html_report.render(report, threshold, *gallery_thumbnails(gallery)))
     with fileio.open(os.path.join(out, JSON_FILE), "w") as f:
         f.write(json.dumps(content.json_safe(report), indent=2, sort_keys=True))
     return report
@@ -67,11 +93,14 @@ def EvalReport(
     model: InputArtifact[tfx.types.standard_artifacts.Model],
     statistics: InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
     examples: InputArtifact[tfx.types.standard_artifacts.Examples],
+    gallery: InputArtifact[grad_cam.GradCamGallery],
     report: OutputArtifact[EvaluationReport],
     eval_split: Parameter[str] = features.TEST_SPLIT,
 ) -> None:
     """Writes report.html (open it in a browser) and report.json next to it."""
-    built = write_report(evaluation, blessing, model, statistics, examples, eval_split, report.uri)
+    built = write_report(
+        evaluation, blessing, model, statistics, examples, eval_split, report.uri, gallery
+    )
     report.set_int_custom_property("blessed", int(built["blessing"]["blessed"]))
     report.set_string_custom_property("html", os.path.join(report.uri, HTML_FILE))
     if kfp_ui.ui_metadata_path():

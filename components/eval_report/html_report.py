@@ -1,17 +1,27 @@
-"""Lays the report content out as one self-contained HTML page (inline CSS and images)."""
+"""Lays the report content out as one self-contained HTML page (inline CSS and images):
+sections built here as HTML fragments, the page itself from ``templates/report.html``."""
 
 from __future__ import annotations
 
 import html
 import json
 import math
+import os
+from collections.abc import Sequence
 from typing import Any
 
-from components.eval_report import charts
+import jinja2
+import markupsafe
+
+from components.eval_report import charts, model_card
 from components.eval_report.content import OVERALL_METRICS, SLICE_METRICS
 from modules import features
 
 NAMES = features.LABEL_NAMES
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(__file__), "templates")),
+    autoescape=True,
+)
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -254,38 +264,41 @@ def _lineage(model: dict[str, Any]) -> str:
     )
 
 
-def render(report: dict[str, Any], threshold: float) -> str:
+def render(
+    report: dict[str, Any],
+    threshold: float,
+    thumbnails: Sequence[dict[str, Any]] = (),
+    gallery: dict[str, str] | None = None,
+) -> str:
+    """The page, from ``templates/report.html``: the sections below, a row of Grad-CAM
+    thumbnails (``thumbnails``: the gallery's entries with a ``src`` data URI) and the
+    model card (``model_card``)."""
     overall = _table(["metric", "value"], [[n, report["overall"][n]] for n in OVERALL_METRICS])
     sections = [
-        _section("blessing", "Blessing", _blessing(report["blessing"])),
-        _section("overall", "Overall metrics", overall),
-        _section(
+        ("blessing", "Blessing", _blessing(report["blessing"])),
+        ("overall", "Overall metrics", overall),
+        (
             "operating-point",
             "Confusion matrix at the operating threshold",
             _operating_point(report["operating_point"]),
         ),
-        _section("curves", "ROC and precision-recall", _curves(report)),
-        _section("calibration", "Calibration", _calibration(report["calibration"])),
-        _section("slices", "Metrics per slice", _slices(report["slices"], SLICE_METRICS)),
-        _section("patients", "Per patient", _patients(report["patients"], threshold)),
-        _section("data", "Data: span and class balance", _data(report)),
-        _section("lineage", "Model lineage", _lineage(report["model"])),
+        ("curves", "ROC and precision-recall", _curves(report)),
+        ("calibration", "Calibration", _calibration(report["calibration"])),
+        ("slices", "Metrics per slice", _slices(report["slices"], SLICE_METRICS)),
+        ("patients", "Per patient", _patients(report["patients"], threshold)),
+        ("data", "Data: span and class balance", _data(report)),
+        ("lineage", "Model lineage", _lineage(report["model"])),
     ]
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Evaluation report</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; max-width: 1100px; }}
-table {{ border-collapse: collapse; margin: 0.5em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-th {{ background: #f2f2f2; }} td:first-child, th:first-child {{ text-align: left; }}
-.verdict {{ font-size: 1.4em; font-weight: bold; }} .good {{ color: #1a7f2a; }}
-.bad {{ color: #b3261e; }} .charts img {{ margin-right: 12px; border: 1px solid #ddd; }}
-.bar {{ display: inline-block; width: 120px; height: 10px; background: #9cc3e6; }}
-.bar span {{ display: block; height: 10px; background: #c0504d; }}
-</style></head><body>
-<h1>Evaluation report: {html.escape(report["model"]["backbone"])} classifier</h1>
-<p>Positive class: <b>{html.escape(report["positive_class"])}</b>. All metrics are TFMA's
-(<small>{html.escape(report["evaluation_uri"])}</small>).</p>
-{"".join(sections)}
-</body></html>
-"""
+    gallery = gallery or {}
+    return _TEMPLATES.get_template("report.html").render(
+        backbone=report["model"]["backbone"],
+        positive_class=report["positive_class"],
+        evaluation_uri=report["evaluation_uri"],
+        sections=[{"anchor": a, "title": t, "body": markupsafe.Markup(b)} for a, t, b in sections],
+        thumbnails=list(thumbnails),
+        gallery_split=gallery.get("split", ""),
+        gallery_uri=gallery.get("uri", ""),
+        gallery_note=gallery.get("note", ""),
+        card=model_card.build(report),
+        fmt=fmt,
+    )

@@ -1,0 +1,78 @@
+"""The report's model card: intended use, data, metrics with their uncertainty, limitations.
+
+Model Card Toolkit does not install against this stack (it needs TFMA < 0.42), so the
+card is a section of the report, from the same numbers. Intervals are 95%: Wilson's for a
+proportion (sensitivity, specificity), Hanley & McNeil's (1982) standard error for the AUC.
+Both treat images as independent, which images of one patient are not: with few patients
+the real uncertainty is wider, and the card says so.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+Z95 = 1.959964
+
+INTENDED_USE = (
+    "Research on breast histopathology image classification (benign vs malignant H&E "
+    "tissue images). Not a diagnostic device: it must not be used for diagnosis, "
+    "treatment or any decision about a patient."
+)
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion; (nan, nan) without trials."""
+    if trials <= 0:
+        return math.nan, math.nan
+    p = successes / trials
+    shrink = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / shrink
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / shrink
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def auc_interval(auc: float, positives: int, negatives: int, z: float = Z95) -> tuple[float, float]:
+    """AUC +- z * Hanley & McNeil's standard error, clipped to [0, 1]."""
+    if positives <= 0 or negatives <= 0 or auc is None or math.isnan(auc):
+        return math.nan, math.nan
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (
+        auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)
+    ) / (positives * negatives)
+    half = z * math.sqrt(max(variance, 0.0))
+    return max(0.0, auc - half), min(1.0, auc + half)
+
+
+def build(report: dict[str, Any]) -> dict[str, Any]:
+    """The card's facts from the report's content (``content.build``)."""
+    op = report["operating_point"]
+    tp, fn, tn, fp = (int(op.get(k) or 0) for k in ("tp", "fn", "tn", "fp"))
+    auc = report["overall"].get("auc")
+    patients = report["patients"]["aggregate"]
+    metrics = [
+        ("AUC (image)", auc, auc_interval(auc, tp + fn, tn + fp)),
+        ("sensitivity", op.get("sensitivity"), wilson_interval(tp, tp + fn)),
+        ("specificity", op.get("specificity"), wilson_interval(tn, tn + fp)),
+        ("AUC (patient)", patients.get("auc"), (math.nan, math.nan)),
+    ]
+    evaluated = report["data"]["evaluated_split"]
+    limitations = [
+        f"Evaluated on {tp + fn + tn + fp} images of {patients.get('patients')} patients "
+        f"(split '{evaluated}'); intervals count images as independent, and images of one "
+        "patient are not, so with few patients the real uncertainty is wider.",
+        "Trained and evaluated on the data of this run only (one staining protocol, scanner "
+        "and magnification mix): expect lower performance on other labs' slides; the drift "
+        "gate compares new data with the data behind the serving model.",
+        "The patient-level figure averages a patient's image probabilities; it is not a "
+        "slide-level or clinical diagnosis.",
+    ]
+    return {
+        "intended_use": INTENDED_USE,
+        "train_images_per_class": report["model"].get("train_images_per_class", {}),
+        "class_balance": report["class_balance"],
+        "metrics": [
+            {"name": n, "value": v, "low": low, "high": high} for n, v, (low, high) in metrics
+        ],
+        "limitations": limitations,
+    }
