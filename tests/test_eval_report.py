@@ -172,6 +172,7 @@ def test_interval_formulas_match_published_values():
     low, high = model_card.auc_interval(0.9, 50, 50)
     assert (high - low) / 2 / model_card.Z95 == pytest.approx(0.0321, abs=5e-4)
     assert model_card.auc_interval(0.99, 5, 5)[1] == 1.0  # clipped
+    assert all(math.isnan(v) for v in model_card.auc_interval(1.0, 16, 16))  # no errors
 
 
 def test_report_numbers_are_tfmas(first_run, report):

@@ -33,14 +33,17 @@ def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float,
 
 
 def auc_interval(auc: float, positives: int, negatives: int, z: float = Z95) -> tuple[float, float]:
-    """AUC +- z * Hanley & McNeil's standard error, clipped to [0, 1]."""
+    """AUC +- z * Hanley & McNeil's standard error, clipped to [0, 1]; (nan, nan) where the
+    formula has nothing to say (one class, or an AUC of exactly 0 or 1: its error is 0)."""
     if positives <= 0 or negatives <= 0 or auc is None or math.isnan(auc):
         return math.nan, math.nan
     q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
     variance = (
         auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)
     ) / (positives * negatives)
-    half = z * math.sqrt(max(variance, 0.0))
+    if variance <= 0:
+        return math.nan, math.nan
+    half = z * math.sqrt(variance)
     return max(0.0, auc - half), min(1.0, auc + half)
 
 
@@ -54,7 +57,15 @@ def build(report: dict[str, Any]) -> dict[str, Any]:
         ("AUC (image)", auc, auc_interval(auc, tp + fn, tn + fp)),
         ("sensitivity", op.get("sensitivity"), wilson_interval(tp, tp + fn)),
         ("specificity", op.get("specificity"), wilson_interval(tn, tn + fp)),
-        ("AUC (patient)", patients.get("auc"), (math.nan, math.nan)),
+        (
+            "AUC (patient)",
+            patients.get("auc"),
+            auc_interval(
+                patients.get("auc"),
+                int(patients.get("tp") or 0) + int(patients.get("fn") or 0),
+                int(patients.get("tn") or 0) + int(patients.get("fp") or 0),
+            ),
+        ),
     ]
     evaluated = report["data"]["evaluated_split"]
     limitations = [
