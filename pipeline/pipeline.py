@@ -4,6 +4,8 @@ One ``create_pipeline`` serves the local runner and the Kubeflow runners; they d
 in paths, Beam options and the metadata connection.
 """
 
+import hashlib
+import os
 from typing import Any
 
 import tensorflow_model_analysis as tfma
@@ -36,6 +38,24 @@ def _split_input_config() -> example_gen_pb2.Input:
             for split in features.SPLITS
         ]
     )
+
+
+MODULES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "modules")
+
+
+def code_version(root: str = MODULES_DIR) -> str:
+    """SHA-256 over every .py under ``modules/`` (paths and contents): the code Transform,
+    the Tuner and the Trainer run. TFX's user-code wheel hashes only the module file's own
+    folder, so an edit to a shared module (features.py, image_tiles.py, recipe.py) would
+    leave them cached; this goes into their custom_config, which is part of the cache key."""
+    digest = hashlib.sha256()
+    for folder, _, names in sorted(os.walk(root)):
+        for name in sorted(n for n in names if n.endswith(".py")):
+            path = os.path.join(folder, name)
+            digest.update(os.path.relpath(path, root).encode())
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
 
 
 def _module_kwargs(module: str, function_arg: str, function_name: str) -> dict[str, str]:
@@ -152,6 +172,7 @@ def create_pipeline(
 ) -> tfx.dsl.Pipeline:
     """Lists the components in order; see the README for what each one guards."""
     components = []
+    code = code_version()
 
     # The latest committed span (an object-store span being copied is not read yet).
     example_gen = CommittedImportExampleGen(
@@ -208,6 +229,7 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         **_module_kwargs(transform_module, "preprocessing_fn", "preprocessing_fn"),
+        custom_config={"code_version": code},
         # StatisticsGen already describes the raw data and Transform passes it through:
         # TFT's pre/post-transform statistics would describe the same bytes twice more.
         disable_statistics=True,
@@ -232,14 +254,19 @@ def create_pipeline(
         # Same data, steps and settings as the Trainer; each trial costs about one training.
         tuner = tfx.components.Tuner(
             **training_inputs,
-            custom_config={**trainer_config, "image_size": image_size, "max_trials": tuner_trials},
+            custom_config={
+                **trainer_config,
+                "image_size": image_size,
+                "max_trials": tuner_trials,
+                "code_version": code,
+            },
             **_module_kwargs(tuner_module, "tuner_fn", "tuner_fn"),
         )
         components.append(tuner)
 
     trainer = tfx.components.Trainer(
         **training_inputs,
-        custom_config={**trainer_config, "image_size": image_size},
+        custom_config={**trainer_config, "image_size": image_size, "code_version": code},
         hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         **_module_kwargs(trainer_module, "run_fn", "run_fn"),
     )

@@ -1,9 +1,12 @@
 """local_runner's own choices: Beam in one process for small data, every core above."""
 
+import shutil
+
 import pytest
 
 import local_runner
 from pipeline import configs
+from pipeline import pipeline as pipeline_module
 
 
 def _span(root, size: int) -> str:
@@ -33,3 +36,20 @@ def test_the_mode_can_be_forced_and_a_typo_is_named(tmp_path):
     )
     with pytest.raises(ValueError, match="HISTO_BEAM_MODE='multiprocess'"):
         local_runner.local_beam_args(root, "multiprocess")
+
+
+def test_an_edit_to_a_shared_module_changes_the_transform_and_trainer_cache_keys(tmp_path):
+    # TFX's user-code wheel hashes only the module file's folder; the code version covers
+    # every module, so editing features.py cannot leave Transform or the Trainer cached.
+    copy = tmp_path / "modules"
+    shutil.copytree(pipeline_module.MODULES_DIR, copy)
+    before = pipeline_module.code_version(str(copy))
+    assert before == pipeline_module.code_version(str(copy))  # deterministic
+    with open(copy / "features.py", "a") as f:
+        f.write("\n# an edit\n")
+    assert pipeline_module.code_version(str(copy)) != before
+    built = local_runner.build("/data", str(tmp_path / "out"))
+    nodes = {c.id: c for c in built.components}
+    version = pipeline_module.code_version()
+    for node in ("Transform", "Trainer"):
+        assert version in nodes[node].exec_properties["custom_config"], node

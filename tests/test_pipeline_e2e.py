@@ -143,7 +143,8 @@ def test_identical_rerun_is_served_from_the_cache(first_run, demo_data):
     with_new_baseline = {"DriftGate", "Evaluator", "EvalReport", "Pusher", "TFLitePusher"}
     run_pipeline(demo_data, first_run["output"])
     states = node_states(local_runner.metadata_path(first_run["output"]))
-    assert all(states[n][-1] == "CACHED" for n in ALL_NODES - RESOLVERS - with_new_baseline)
+    ran = {n: states[n] for n in ALL_NODES - RESOLVERS - with_new_baseline}
+    assert all(s[-1] == "CACHED" for s in ran.values()), ran
     assert states["Transform"] == ["COMPLETE", "CACHED"], states
     # The identical model is recognised and not pushed as a second version.
     assert len(pushed_versions(first_run["output"])) == 1

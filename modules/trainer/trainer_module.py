@@ -41,11 +41,17 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# custom_config keys that are not training settings: where weights are cached, and the
+# pipeline's fingerprint of the module code (a cache key only, see pipeline.code_version).
+NOT_SETTINGS = ("weights_cache_dir", "code_version")
+
+
 def hyperparameters(custom_config: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(custom_config or {}) - set(DEFAULTS) - {"weights_cache_dir"}
+    config = {k: v for k, v in (custom_config or {}).items() if k != "code_version"}
+    unknown = set(config) - set(DEFAULTS) - set(NOT_SETTINGS)
     if unknown:
         raise ValueError(f"unknown trainer settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **(custom_config or {})}
+    return {**DEFAULTS, **config}
 
 
 def tuned_values(tuned_config: dict[str, Any] | None) -> dict[str, Any]:
