@@ -72,7 +72,10 @@ EXPECTED_STEPS = {
     "evaluator": ("Evaluator", {"importexamplegen", "trainer", "latest-blessed-model-resolver"}),
     "pusher": ("Pusher", {"trainer", "evaluator"}),
     "gradcam": ("GradCam", {"importexamplegen", "trainer"}),
-    "evalreport": ("EvalReport", {"evaluator", "importexamplegen", "statisticsgen", "trainer"}),
+    "evalreport": (
+        "EvalReport",
+        {"evaluator", "gradcam", "importexamplegen", "statisticsgen", "trainer"},
+    ),
     "tfliteexport": ("TFLiteExport", {"importexamplegen", "trainer"}),
     "tflitepusher": ("TFLitePusher", {"pusher", "tfliteexport"}),
 }
