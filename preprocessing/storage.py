@@ -14,29 +14,38 @@ import os
 import re
 import shutil
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-
 COMMIT_MARKER = "_SUCCESS"  # the last object of a span; its presence is the commit
 SPAN_DIR = re.compile(r"^span-(\d+)$")  # what ImportExampleGen's {SPAN} pattern reads
-_RAW = CompressionTypes.UNCOMPRESSED
+_SCHEME = re.compile(r"^(?P<scheme>[a-zA-Z][-a-zA-Z0-9+.]*)://")  # as Beam's FileSystems
+
+
+def _beam():
+    """Beam's FileSystems, imported for object-store paths only: local callers (layouts,
+    the web page's image in url mode) do not need Apache Beam."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
 
 
 def is_local(path: str) -> bool:
     """A path of this machine's file system (no scheme, or ``file://``)."""
-    return FileSystems.get_scheme(path) in (None, "file")
+    match = _SCHEME.match(path)
+    return match is None or match.group("scheme") == "file"
 
 
 def join(base: str, *parts: str) -> str:
-    return FileSystems.join(base, *parts) if not is_local(base) else os.path.join(base, *parts)
+    return os.path.join(base, *parts) if is_local(base) else _beam().join(base, *parts)
 
 
 def exists(path: str) -> bool:
-    return FileSystems.exists(path)
+    return os.path.exists(path) if is_local(path) else _beam().exists(path)
 
 
 def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path, compression_type=_RAW) as f:
+    if is_local(path):
+        with open(path, "rb") as f:
+            return f.read()
+    with _beam().open(path, compression_type="uncompressed") as f:
         return f.read()
 
 
@@ -44,7 +53,10 @@ def write_bytes(path: str, data: bytes) -> None:
     """One whole object (locally: one file, its folder created first)."""
     if is_local(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with FileSystems.create(path, compression_type=_RAW) as f:
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    with _beam().create(path, compression_type="uncompressed") as f:
         f.write(data)
 
 
@@ -54,9 +66,10 @@ def write_text(path: str, text: str) -> None:
 
 def files_under(root: str) -> list[str]:
     """Every file (object) below root, full paths, sorted; [] when there is none."""
-    pattern = FileSystems.join(root.rstrip("/"), "**")
+    filesystems = _beam()
+    pattern = filesystems.join(root.rstrip("/"), "**")
     try:
-        [result] = FileSystems.match([pattern])
+        [result] = filesystems.match([pattern])
     except Exception:  # noqa: BLE001 - Beam raises BeamIOError for a prefix with no objects
         return []
     return sorted(m.path for m in result.metadata_list)
@@ -97,7 +110,7 @@ def delete_tree(path: str) -> None:
         return
     files = files_under(path)
     if files:
-        FileSystems.delete(files)
+        _beam().delete(files)
 
 
 def committed(span_dir: str) -> bool:
@@ -116,6 +129,6 @@ def commit_span(staging: str, final: str) -> None:
         return
     sources = files_under(staging)
     targets = [join(final, relative(p, staging)) for p in sources]
-    FileSystems.copy(sources, targets)
+    _beam().copy(sources, targets)
     write_bytes(join(final, COMMIT_MARKER), b"")
-    FileSystems.delete(sources)
+    _beam().delete(sources)
