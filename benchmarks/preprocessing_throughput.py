@@ -19,10 +19,12 @@ import sys
 import tempfile
 import time
 
-import psutil
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+from benchmarks.tree_memory import TreeMemory  # noqa: E402
+
 DISTINCT = 200  # distinct images; the rest are copies under other patients' names
 
 
@@ -117,17 +119,12 @@ def measure(variant: str, images: str, output: str) -> dict:
     command = [sys.executable, __file__, "--run", variant, images, output]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=REPO)
-    peak = 0
-    parent = psutil.Process(process.pid)
-    while process.poll() is None:
-        try:
-            tree = [parent] + parent.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    seconds = time.perf_counter() - started
+    memory = TreeMemory(process.pid, every=0.1)
     out = process.stdout.read().decode()
+    process.wait()
+    memory.stop()
+    seconds = time.perf_counter() - started
+    peak = memory.peak()
     if process.returncode:
         raise RuntimeError(f"{variant} failed: {out}")
     return {

@@ -18,17 +18,13 @@ Prints one table per size, then the largest size against the smallest: seconds p
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-
-import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -36,47 +32,12 @@ sys.path.insert(0, REPO)
 
 from benchmarks import component_times  # noqa: E402
 from benchmarks.preprocessing_throughput import make_images  # noqa: E402
+from benchmarks.tree_memory import TreeMemory  # noqa: E402
 from modules import quiet  # noqa: E402
 
 # Components whose cost should follow the data; the rest are capped by their own settings
 # (TFLiteExport and GradCam look at a fixed number of images).
 SCALED = ("ImportExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator")
-
-
-@dataclasses.dataclass
-class Sample:
-    at: float  # time.time()
-    rss: int  # bytes, the process and all its children
-
-
-class TreeMemory:
-    """Samples the summed RSS of a process and its children in a thread."""
-
-    def __init__(self, pid: int, every: float = 0.2):
-        self.samples: list[Sample] = []
-        self._process = psutil.Process(pid)
-        self._every = every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                tree = [self._process, *self._process.children(recursive=True)]
-                rss = sum(p.memory_info().rss for p in tree if p.is_running())
-                self.samples.append(Sample(time.time(), rss))
-            except psutil.Error:
-                pass
-            self._stop.wait(self._every)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def peak(self, start: float = 0.0, end: float = math.inf) -> int:
-        inside = [s.rss for s in self.samples if start <= s.at <= end]
-        return max(inside, default=0)
 
 
 def run_measured(command: list[str], env: dict[str, str], log: str) -> tuple[float, TreeMemory]:
