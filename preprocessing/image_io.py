@@ -50,10 +50,13 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+KEPT_FORMATS = ("PNG", "JPEG")  # encodings the model's decoder reads as they are
+
+
 def sent_as_is(fmt: str | None, mode: str, bits: int = 8) -> bool:
     """8-bit RGB PNG or JPEG: bytes the model's decoder reads as they are (kept byte for
     byte); anything else goes through ``to_rgb8`` and is re-encoded as PNG."""
-    return fmt in ("PNG", "JPEG") and mode == "RGB" and bits == 8
+    return fmt in KEPT_FORMATS and mode == "RGB" and bits == 8
 
 
 # The raster formats a slide tile comes in. Pillow knows ~40 more (EPS would run

@@ -23,7 +23,6 @@ from PIL import Image, UnidentifiedImageError
 from preprocessing import image_io  # the one conversion, shared with training data
 
 MIN_SIDE = 32
-SENT_AS_IS = {"PNG", "JPEG"}
 
 
 class BadImageError(ValueError):
@@ -81,7 +80,7 @@ def prepare_bytes(name: str, data: bytes, min_side: int = MIN_SIDE) -> Prepared:
         return Prepared(path, data, (width, height), notes)
     if image.mode != "RGB":
         notes.append(f"converted {image.mode} to RGB")
-    if image.format not in SENT_AS_IS:
+    if image.format not in image_io.KEPT_FORMATS:
         notes.append(f"re-encoded {image.format} as PNG")
     elif bits != 8:
         notes.append(f"converted {bits}-bit to 8-bit")

@@ -51,10 +51,6 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img src="{charts.data_uri(png)}" alt="{html.escape(alt)}">'
 
 
-def _section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
-
-
 def _blessing(b: dict[str, Any]) -> str:
     verdict = "BLESSED" if b["blessed"] else "NOT BLESSED"
     css = "good" if b["blessed"] else "bad"
