@@ -1,8 +1,12 @@
 """Runs the pipeline on this machine with LocalDagRunner and SQLite metadata.
 
-    python local_runner.py --data-root outputs/demo/data --output-dir outputs
+    python local_runner.py --image-root outputs/demo/images --data-root outputs/demo/data \
+        --output-dir outputs
 
-Paths come from flags (or HISTO_DATA_ROOT / HISTO_OUTPUT_DIR); every other setting from
+With an image root, each run first converts the images that arrived there since the last
+span into the next span (IngestImages); without one, the data root's spans come from
+``histo-preprocess``. Paths come from flags (or HISTO_IMAGE_ROOT / HISTO_DATA_ROOT /
+HISTO_OUTPUT_DIR); every other setting from
 ``pipeline/configs.py``. Ends by printing the evaluation metrics, the blessing and where
 the model was pushed; a run stopped by a data gate (leakage, schema, drift) says which gate
 and why, and exits with status 2, leaving the serving model as it was.
@@ -59,7 +63,7 @@ def install_user_code_without_resolving() -> None:
     os.environ.setdefault("PIP_NO_DEPS", "1")
 
 
-def build(data_root: str, output_dir: str, **overrides) -> tfx.dsl.Pipeline:
+def build(data_root: str, output_dir: str, image_root: str = "", **overrides) -> tfx.dsl.Pipeline:
     """The pipeline with configs' settings; tests pass overrides for create_pipeline's args."""
     install_user_code_without_resolving()
     tfx_root = os.path.join(output_dir, "tfx")
@@ -68,6 +72,7 @@ def build(data_root: str, output_dir: str, **overrides) -> tfx.dsl.Pipeline:
         "pipeline_name": configs.PIPELINE_NAME,
         "pipeline_root": os.path.join(tfx_root, "pipelines", configs.PIPELINE_NAME),
         "data_root": os.path.abspath(data_root),
+        "image_root": os.path.abspath(image_root) if image_root else "",
         # Files, not dotted paths: TFX packs each module's folder into a user-code wheel.
         "transform_module": module_file(configs.TRANSFORM_MODULE),
         "trainer_module": module_file(configs.TRAINER_MODULE),
@@ -91,17 +96,27 @@ def main(argv: list[str] | None = None) -> int:
     terminal = console.start(argv)
     parser = argparse.ArgumentParser(description=__doc__, parents=[console.arguments()])
     parser.add_argument("--data-root", default=os.environ.get("HISTO_DATA_ROOT"), required=False)
+    parser.add_argument(
+        "--image-root",
+        default=os.environ.get("HISTO_IMAGE_ROOT", ""),
+        help="folder of slide images: what arrived since the last span becomes the next one",
+    )
     args = parser.parse_args(argv)
     if not args.data_root:
-        parser.error("--data-root (or HISTO_DATA_ROOT) is required: a folder holding span-N/")
+        parser.error("--data-root (or HISTO_DATA_ROOT) is required: the folder of span-N/")
+    if args.image_root and not os.path.isdir(args.image_root):
+        parser.error(f"--image-root {args.image_root}: no such folder")
     lines = console.attach_logging(terminal)
     output_dir = os.path.abspath(args.output_dir)
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
         metadata_path(output_dir)
     )
-    terminal.say(f"{configs.PIPELINE_NAME}: data {os.path.abspath(args.data_root)}")
+    images = f"images {os.path.abspath(args.image_root)} -> " if args.image_root else ""
+    terminal.say(f"{configs.PIPELINE_NAME}: {images}data {os.path.abspath(args.data_root)}")
     try:
-        tfx.orchestration.LocalDagRunner().run(build(args.data_root, output_dir))
+        tfx.orchestration.LocalDagRunner().run(
+            build(args.data_root, output_dir, image_root=args.image_root)
+        )
     except DataGateError as stopped:
         console.finish(
             terminal, run_summary.format_stopped(str(stopped), run_summary.summarize(connection))

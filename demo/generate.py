@@ -11,6 +11,7 @@ labs do; the stratified patient split gives every split both classes.
 
 import argparse
 import os
+import zlib
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -86,7 +87,8 @@ def generate(
         for index in range(first_patient, first_patient + patients_per_class)
     ]
     for patient, label in chosen:
-        rng = np.random.default_rng([seed, sum(patient.encode())])
+        # Seeded by the whole id (a byte sum would give B004 and B040 the same tiles).
+        rng = np.random.default_rng([seed, zlib.crc32(patient.encode())])
         stain = rng.uniform(0.85, 1.1, 3)
         folder = os.path.join(output, features.LABEL_NAMES[label], patient)
         os.makedirs(folder, exist_ok=True)

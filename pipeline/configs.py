@@ -11,6 +11,7 @@ from typing import Any
 from modules import features
 from modules.trainer.trainer_module import DEFAULTS as TRAINER_DEFAULTS
 from preprocessing import beam_runner, patients
+from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 
 
 def _env(name: str, default: str) -> str:
@@ -62,6 +63,32 @@ SEED = _env_int("HISTO_SEED", TRAINER_DEFAULTS["seed"])
 # Its best head L2 and dropout override the settings above.
 ENABLE_TUNER = _env("HISTO_ENABLE_TUNER", "false").strip().lower() in ("1", "true", "yes", "on")
 TUNER_TRIALS = _env_int("HISTO_TUNER_TRIALS", 4)
+
+# Ingestion (IngestImages, when the runner is given an image root): how the images that
+# arrived since the last span become the next span. The same meanings as histo-preprocess.
+LAYOUT = _env("HISTO_LAYOUT", "auto")  # preprocessing.layouts.LAYOUTS
+MANIFEST = _env("HISTO_MANIFEST", "")  # CSV path,label,patient_id[,...]; "" for none
+SPLIT_RATIOS = _env("HISTO_SPLIT_RATIOS", "0.7,0.15,0.15")  # train,eval,test, per patient
+SPLIT_SALT = _env("HISTO_SPLIT_SALT", "")
+MAX_REJECT_FRACTION = _env_float("HISTO_MAX_REJECT_FRACTION", 0.05)  # of the new files
+MIN_SIDE = _env_int("HISTO_MIN_SIDE", DEFAULT_MIN_SIDE)  # pixels
+MAX_PIXELS = _env_int("HISTO_MAX_PIXELS", DEFAULT_MAX_PIXELS)
+
+
+def parse_span_window(text: str) -> int:
+    """HISTO_SPAN_WINDOW: "all" (0), "latest" (1) or a number of newest spans."""
+    value = text.strip().lower()
+    if value in ("all", "0"):
+        return 0
+    if value == "latest":
+        return 1
+    if value.isdigit():
+        return int(value)
+    raise ValueError(f"HISTO_SPAN_WINDOW={text!r}: expected all, latest or a number of spans")
+
+
+# Training and evaluation window: the newest span plus earlier spans that passed the gates.
+SPAN_WINDOW = parse_span_window(_env("HISTO_SPAN_WINDOW", "all"))
 
 # Data gates (before Transform). The patient rule must be the one preprocessing used.
 PATIENT_RULE = patients.configured_rule()  # HISTO_PATIENT_RULE
@@ -140,6 +167,20 @@ def trainer_config() -> dict[str, Any]:
     }
 
 
+def ingest_settings() -> dict[str, Any]:
+    """IngestImages' parameters from these settings (the runner adds the two roots)."""
+    return {
+        "layout": LAYOUT,
+        "manifest": MANIFEST,
+        "split_ratios": SPLIT_RATIOS,
+        "split_salt": SPLIT_SALT,
+        "patient_rule": PATIENT_RULE,
+        "max_reject_fraction": MAX_REJECT_FRACTION,
+        "min_side": MIN_SIDE,
+        "max_pixels": MAX_PIXELS,
+    }
+
+
 def pipeline_settings() -> dict[str, Any]:
     """The create_pipeline arguments every runner takes from these settings, as they are.
 
@@ -163,4 +204,6 @@ def pipeline_settings() -> dict[str, Any]:
         "patient_rule": PATIENT_RULE,
         "drift_thresholds": drift_thresholds(),
         "accept_drift": ACCEPT_DRIFT,
+        "ingest_settings": ingest_settings(),
+        "span_window": SPAN_WINDOW,
     }

@@ -11,7 +11,10 @@ HISTO_PIPELINE_NAME             histopath-classifier (see pipeline/configs.py)
 HISTO_IMAGE (or TFX_IMAGE)      histopath-tfx:latest; the image built from ./Dockerfile
 HISTO_BUCKET                    gs://histopath-tfx; root of the three paths below
 HISTO_PIPELINE_ROOT             $HISTO_BUCKET/tfx_pipeline_output/$HISTO_PIPELINE_NAME
-HISTO_DATA_ROOT                 $HISTO_BUCKET/data (holds span-N/ from histo-preprocess)
+HISTO_DATA_ROOT                 $HISTO_BUCKET/data (holds span-N/; ingestion writes there)
+HISTO_IMAGE_ROOT                $HISTO_BUCKET/images: each run converts the images that
+                                arrived there into the next span (IngestImages); "none":
+                                no ingestion step, spans come from histo-preprocess
 HISTO_SERVING_MODEL_DIR         $HISTO_PIPELINE_ROOT/serving_model (Pusher's destination)
 HISTO_SCHEMA_FILE               /pipeline/pipeline/schema/schema.pbtxt: the curated schema
                                 inside the image (or a gs:// copy of your own)
@@ -90,6 +93,7 @@ class KubeflowSettings:
     image: str
     pipeline_root: str
     data_root: str
+    image_root: str  # "" when spans come from histo-preprocess only
     serving_model_dir: str
     schema_file: str
     beam_pipeline_args: list[str]
@@ -289,6 +293,7 @@ def from_env(env: Mapping[str, str] | None = None) -> KubeflowSettings:
         data_root=_remote_path(
             env, "HISTO_DATA_ROOT", _get(env, "HISTO_DATA_ROOT", f"{bucket}/data")
         ),
+        image_root=_image_root(env, bucket),
         serving_model_dir=_remote_path(
             env,
             "HISTO_SERVING_MODEL_DIR",
@@ -314,6 +319,11 @@ def from_env(env: Mapping[str, str] | None = None) -> KubeflowSettings:
     )
 
 
+def _image_root(env: Mapping[str, str], bucket: str) -> str:
+    value = _get(env, "HISTO_IMAGE_ROOT", f"{bucket}/images")
+    return "" if value.lower() == "none" else _remote_path(env, "HISTO_IMAGE_ROOT", value)
+
+
 def _sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -328,6 +338,7 @@ def create_pipeline_kwargs(settings: KubeflowSettings) -> dict[str, Any]:
         "pipeline_name": settings.pipeline_name,
         "pipeline_root": settings.pipeline_root,
         "data_root": settings.data_root,
+        "image_root": settings.image_root,
         "serving_model_dir": settings.serving_model_dir,
         "schema_file": settings.schema_file,
         # The image's schema is this repository's file: its content keys the cache.

@@ -1,4 +1,4 @@
-"""The TFX pipeline: images already preprocessed into spans -> a pushed, blessed model.
+"""The TFX pipeline: new images (or spans preprocessed by hand) -> a pushed, blessed model.
 
 One ``create_pipeline`` serves the local runner and the Kubeflow runners; they differ only
 in paths, Beam options and the metadata connection.
@@ -21,9 +21,11 @@ from components.curated_schema_gen import CuratedSchemaGen
 from components.drift_gate import DriftGate
 from components.eval_report.component import EvalReport
 from components.grad_cam.component import GradCam
+from components.ingest_images import IngestImages
 from components.kfp_viewers import KfpViewersStrategy
 from components.patient_leakage_gate import PatientLeakageGate
 from components.pusher import dedup_executor
+from components.span_window import CURRENT_KEY, WINDOW_KEY, SpanWindowStrategy
 from components.tflite_export.component import TFLiteExport, TFLitePusher
 from modules import features
 from modules.trainer import recipe
@@ -169,15 +171,29 @@ def create_pipeline(
     enable_tuner: bool = False,
     tuner_module: str | None = None,
     tuner_trials: int = 4,
+    image_root: str = "",
+    ingest_settings: dict[str, Any] | None = None,
+    span_window: int = 0,
 ) -> tfx.dsl.Pipeline:
-    """Lists the components in order; see the README for what each one guards."""
+    """Lists the components in order; see the README for what each one guards.
+
+    With ``image_root``, the run starts by converting the images that arrived there into
+    the next span (IngestImages); without it, spans come from ``histo-preprocess``.
+    """
     components = []
     code = code_version()
+
+    ingest = None
+    if image_root:
+        ingest = IngestImages(image_root=image_root, data_root=data_root, **(ingest_settings or {}))
+        components.append(ingest)
 
     # The latest committed span (an object-store span being copied is not read yet).
     example_gen = CommittedImportExampleGen(
         input_base=data_root, input_config=_split_input_config()
     ).with_id("ImportExampleGen")
+    if ingest:
+        example_gen.add_upstream_node(ingest)  # reads the span ingestion may have written
     components.append(example_gen)
 
     leakage_gate = PatientLeakageGate(
@@ -225,8 +241,21 @@ def create_pipeline(
         components.append(drift)
         gates.append(drift)
 
+    # The gates judge the new span alone; training and evaluation see it together with the
+    # earlier spans that passed the gates (the newest span_window of them; 0: all).
+    span_window_resolver = tfx.dsl.Resolver(
+        strategy_class=SpanWindowStrategy,
+        config={"window": span_window},
+        **{
+            CURRENT_KEY: example_gen.outputs["examples"],
+            WINDOW_KEY: tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
+        },
+    ).with_id("span_window_resolver")
+    components.append(span_window_resolver)
+    window = span_window_resolver.outputs[WINDOW_KEY]
+
     transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"],
+        examples=window,
         schema=schema_gen.outputs["schema"],
         **_module_kwargs(transform_module, "preprocessing_fn", "preprocessing_fn"),
         custom_config={"code_version": code},
@@ -288,7 +317,7 @@ def create_pipeline(
     components.append(model_resolver)
 
     evaluator = tfx.components.Evaluator(
-        examples=example_gen.outputs["examples"],
+        examples=window,  # every approved span's held-out patients
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
         example_splits=[eval_split],

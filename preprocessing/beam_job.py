@@ -4,7 +4,7 @@ Layout of the output root (what ImportExampleGen reads with ``span-{SPAN}/<split
 
     span-1/train/data-00000-of-00002.tfrecord.gz
     span-1/eval/...   span-1/test/...
-    span-1/rejects.csv  span-1/summary.json
+    span-1/rejects.csv  span-1/summary.json  span-1/ingested.csv (preprocessing.ledger)
 
 A span is written under a temporary name and renamed only when complete and accepted, so
 an interrupted or rejected run never leaves a half-written span behind.
@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from modules import features
-from preprocessing import beam_runner, image_content, patients, splits, storage
+from preprocessing import beam_runner, image_content, ledger, patients, splits, storage
 from preprocessing.examples import to_example
 from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, BadImageError, load_image
 from preprocessing.layouts import ImageRecord, Reject
@@ -256,8 +256,13 @@ def preprocess(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     span: int | None = None,
     patient_rule: str = patients.DEFAULT_RULE,
+    hashes: dict[str, str] | None = None,
 ) -> dict:
-    """Runs the job and publishes ``span-N`` atomically; returns the summary written with it."""
+    """Runs the job and publishes ``span-N`` atomically; returns the summary written with it.
+
+    ``hashes`` ({source: ledger key}) are the files' content hashes when the caller has
+    them already (ingestion); otherwise the records' are computed here for the ledger.
+    """
     if storage.is_local(output_root):
         os.makedirs(output_root, exist_ok=True)
     span = span or next_span(output_root)
@@ -320,6 +325,22 @@ def preprocess(
                 f"{problem}; no span written. Rejects report: {failed_dir}/{REJECTS_FILE}"
             )
         write_reports(workdir, rejects, summary)
+        if hashes is None:
+            by_path = ledger.content_hashes([r.path for r in records])
+            hashes = {r.source: by_path[r.path] for r in records if r.path in by_path}
+        reasons = {r.source: r.reason for r in rejects}
+        sources = [r.source for r in records] + [r.source for r in discovery_rejects]
+        entries = [
+            ledger.Entry(
+                hashes[source],
+                source,
+                ledger.REJECTED if source in reasons else ledger.WRITTEN,
+                reasons.get(source, ""),
+            )
+            for source in sources
+            if source in hashes
+        ]
+        storage.write_text(storage.join(workdir, ledger.LEDGER_FILE), ledger.to_csv(entries))
         storage.commit_span(workdir, final_dir)
         summary["span_dir"] = final_dir
         return summary

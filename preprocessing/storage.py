@@ -75,6 +75,30 @@ def files_under(root: str) -> list[str]:
     return sorted(m.path for m in result.metadata_list)
 
 
+def file_stats(root: str, sources: list[str]) -> list[tuple[str, int, float]]:
+    """(source, size, modification time) of each file below root; -1 where it cannot be
+    read. Cheap (no content read): what tells a scheduled run whether anything changed."""
+    if is_local(root):
+        stats = []
+        for source in sources:
+            try:
+                st = os.stat(os.path.join(root, source))
+                stats.append((source, st.st_size, st.st_mtime))
+            except OSError:
+                stats.append((source, -1, -1.0))
+        return stats
+    filesystems = _beam()
+    try:
+        [result] = filesystems.match([filesystems.join(root.rstrip("/"), "**")])
+    except Exception:  # noqa: BLE001 - Beam raises BeamIOError for a prefix with no objects
+        return [(source, -1, -1.0) for source in sources]
+    found = {
+        relative(m.path, root): (m.size_in_bytes, m.last_updated_in_seconds)
+        for m in result.metadata_list
+    }
+    return [(s, *found.get(s, (-1, -1.0))) for s in sources]
+
+
 def relative(path: str, root: str) -> str:
     """path below root, with forward slashes."""
     prefix = root.rstrip("/") + "/"

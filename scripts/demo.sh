@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on built-in demo data:
-#   synthetic H&E-like tiles -> Beam preprocessing (span-1) -> TFX pipeline -> pushed model.
-# Reruns reuse the images and the span, so an unchanged rerun is served from TFX's cache.
+#   synthetic H&E-like tiles -> TFX pipeline (ingestion into span-1, ..., pushed model).
+# Reruns reuse the images; with nothing new the rerun is served from TFX's cache. Images
+# added under $OUT/demo/images become the next span on the next run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup_env.sh
@@ -14,7 +15,5 @@ if [ ! -d "$OUT/demo/images" ]; then
   "$PY" -m demo.generate --output "$OUT/demo/images.partial"
   mv "$OUT/demo/images.partial" "$OUT/demo/images"
 fi
-if ! compgen -G "$OUT/demo/data/span-*" >/dev/null; then
-  "$PY" -m preprocessing --input "$OUT/demo/images" --output "$OUT/demo/data"
-fi
-"$PY" local_runner.py --data-root "$OUT/demo/data" --output-dir "$OUT" "$@"
+"$PY" local_runner.py --image-root "$OUT/demo/images" --data-root "$OUT/demo/data" \
+  --output-dir "$OUT" "$@"
