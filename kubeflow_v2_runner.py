@@ -43,11 +43,16 @@ def run() -> None:
     """Builds the settings and compiles create_pipeline into <pipeline_name>_pipeline.json."""
     settings = kubeflow_settings.from_env()
     # KFP v2 compiles only TFX's built-in resolver strategies, not the drift gate's
-    # baseline lookup (components/baseline_statistics.py) nor the KFP v1 UI viewers step:
-    # Vertex runs without both.
-    tfx_pipeline = create_pipeline(
-        **kubeflow_settings.create_pipeline_kwargs(settings), drift_gate=False, kfp_ui_viewers=False
-    )
+    # baseline lookup (components/baseline_statistics.py), the span window
+    # (components/span_window.py) nor the KFP v1 UI viewers step; nor does it run custom
+    # drivers, so IngestImages' cache key would never see new images. Vertex runs without
+    # them: spans come from histo-preprocess, and each run trains on the latest one.
+    kwargs = {
+        **kubeflow_settings.create_pipeline_kwargs(settings),
+        "image_root": "",
+        "span_window": None,
+    }
+    tfx_pipeline = create_pipeline(**kwargs, drift_gate=False, kfp_ui_viewers=False)
     for component in tfx_pipeline.components:
         if component.id == TRAINER_ID:
             component.with_platform_config(trainer_resources(settings))

@@ -89,16 +89,33 @@ def generate(
     for patient, label in chosen:
         # Seeded by the whole id (a byte sum would give B004 and B040 the same tiles).
         rng = np.random.default_rng([seed, zlib.crc32(patient.encode())])
-        stain = rng.uniform(0.85, 1.1, 3)
+        # A patient's stain varies a little around the lab's, and each tile around the
+        # patient's (as in real slides: two draws of patients look alike to the drift gate).
+        patient_stain = rng.uniform(0.96, 1.02, 3)
         folder = os.path.join(output, features.LABEL_NAMES[label], patient)
         os.makedirs(folder, exist_ok=True)
         for k in range(images_per_patient):
             path = os.path.join(folder, f"tile_{k:03d}.png")
             tmp = path + ".tmp"
+            stain = patient_stain * rng.normal(1.0, 0.04, 3)
             draw_tile(rng, size, bool(label), stain).save(tmp, format="PNG")
             os.replace(tmp, path)
             count += 1
     return count
+
+
+def shift_stain_and_focus(src: str, dst: str, od_gain: float = 1.6, blur: float = 2.0) -> None:
+    """Copies an image tree as another lab and scanner would see it: denser stain (optical
+    density times ``od_gain``), out of focus (a Gaussian blur of ``blur`` px). What the
+    drift gate must stop (tests/test_continuous_training.py, benchmarks/drift_batches.py)."""
+    for folder, _, names in os.walk(src):
+        for name in names:
+            out = os.path.join(dst, os.path.relpath(os.path.join(folder, name), src))
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            rgb = np.asarray(Image.open(os.path.join(folder, name)).convert("RGB"), np.float64)
+            od = -np.log(np.maximum(rgb, 1.0) / 255.0) * od_gain
+            shifted = np.clip(255.0 * np.exp(-od), 0, 255).astype(np.uint8)
+            Image.fromarray(shifted).filter(ImageFilter.GaussianBlur(blur)).save(out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,9 @@ SPLIT_SALT = _env("HISTO_SPLIT_SALT", "")
 MAX_REJECT_FRACTION = _env_float("HISTO_MAX_REJECT_FRACTION", 0.05)  # of the new files
 MIN_SIDE = _env_int("HISTO_MIN_SIDE", DEFAULT_MIN_SIDE)  # pixels
 MAX_PIXELS = _env_int("HISTO_MAX_PIXELS", DEFAULT_MAX_PIXELS)
+# After the first span, arrivals wait until this many new patients are there: a span is
+# then a batch the drift gate can judge (README, "Scheduled retraining").
+MIN_NEW_PATIENTS = _env_int("HISTO_MIN_NEW_PATIENTS", 10)
 
 
 def parse_span_window(text: str) -> int:
@@ -178,6 +181,7 @@ def ingest_settings() -> dict[str, Any]:
         "max_reject_fraction": MAX_REJECT_FRACTION,
         "min_side": MIN_SIDE,
         "max_pixels": MAX_PIXELS,
+        "min_new_patients": MIN_NEW_PATIENTS,
     }
 
 

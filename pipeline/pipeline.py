@@ -173,12 +173,13 @@ def create_pipeline(
     tuner_trials: int = 4,
     image_root: str = "",
     ingest_settings: dict[str, Any] | None = None,
-    span_window: int = 0,
+    span_window: int | None = 0,
 ) -> tfx.dsl.Pipeline:
     """Lists the components in order; see the README for what each one guards.
 
     With ``image_root``, the run starts by converting the images that arrived there into
     the next span (IngestImages); without it, spans come from ``histo-preprocess``.
+    ``span_window`` None trains on the latest span alone, without the window resolver.
     """
     components = []
     code = code_version()
@@ -243,16 +244,18 @@ def create_pipeline(
 
     # The gates judge the new span alone; training and evaluation see it together with the
     # earlier spans that passed the gates (the newest span_window of them; 0: all).
-    span_window_resolver = tfx.dsl.Resolver(
-        strategy_class=SpanWindowStrategy,
-        config={"window": span_window},
-        **{
-            CURRENT_KEY: example_gen.outputs["examples"],
-            WINDOW_KEY: tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
-        },
-    ).with_id("span_window_resolver")
-    components.append(span_window_resolver)
-    window = span_window_resolver.outputs[WINDOW_KEY]
+    window = example_gen.outputs["examples"]
+    if span_window is not None:
+        span_window_resolver = tfx.dsl.Resolver(
+            strategy_class=SpanWindowStrategy,
+            config={"window": span_window},
+            **{
+                CURRENT_KEY: example_gen.outputs["examples"],
+                WINDOW_KEY: tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
+            },
+        ).with_id("span_window_resolver")
+        components.append(span_window_resolver)
+        window = span_window_resolver.outputs[WINDOW_KEY]
 
     transform = tfx.components.Transform(
         examples=window,

@@ -89,9 +89,15 @@ ALL_NODES = {
     "Pusher",
     "TFLitePusher",
     "kfp_ui_viewers",
+    "span_window_resolver",
 }
 # Resolver nodes run on every run: never CACHED.
-RESOLVERS = {"latest_blessed_model_resolver", "baseline_statistics_resolver", "kfp_ui_viewers"}
+RESOLVERS = {
+    "latest_blessed_model_resolver",
+    "baseline_statistics_resolver",
+    "kfp_ui_viewers",
+    "span_window_resolver",
+}
 
 
 E2E_EPOCHS = {"epochs_head": 3, "epochs_fine_tune": 1}
@@ -114,11 +120,14 @@ def small_settings(**overrides) -> dict:
     return settings
 
 
-def run_local_runner(data_root: str, output_dir: str, home: str) -> "subprocess.CompletedProcess":
+def run_local_runner(
+    data_root: str, output_dir: str, home: str, image_root: str = "", **env_overrides: str
+) -> "subprocess.CompletedProcess":
     """``python local_runner.py`` as a person runs it, with the small settings as HISTO_*
     variables, and Beam on every core as for big data (small data would run in-process)."""
     env = cli_env(
         home,
+        **env_overrides,
         HISTO_BEAM_MODE="multi_processing",
         HISTO_IMAGE_SIZE=str(E2E_IMAGE_SIZE),
         HISTO_EPOCHS_HEAD=str(E2E_EPOCHS["epochs_head"]),
@@ -128,8 +137,9 @@ def run_local_runner(data_root: str, output_dir: str, home: str) -> "subprocess.
         HISTO_MIN_AUC=str(E2E_MIN_AUC),
     )
     command = [sys.executable, os.path.join(REPO, "local_runner.py")]
+    images = ["--image-root", image_root] if image_root else []
     return subprocess.run(
-        [*command, "--data-root", data_root, "--output-dir", output_dir],
+        [*command, *images, "--data-root", data_root, "--output-dir", output_dir],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -184,21 +194,7 @@ def cli_env(home: str, **extra: str) -> dict:
     return env
 
 
-# --- Spans that a gate must stop ---
-
-
-def shift_stain_and_focus(src: str, dst: str, od_gain: float = 1.6, blur: float = 2.0) -> None:
-    """Copies an image tree as another lab and scanner would see it: denser stain, blurred."""
-    from PIL import ImageFilter
-
-    for folder, _, names in os.walk(src):
-        for name in names:
-            out = os.path.join(dst, os.path.relpath(os.path.join(folder, name), src))
-            os.makedirs(os.path.dirname(out), exist_ok=True)
-            rgb = np.asarray(Image.open(os.path.join(folder, name)).convert("RGB"), np.float64)
-            od = -np.log(np.maximum(rgb, 1.0) / 255.0) * od_gain
-            shifted = np.clip(255.0 * np.exp(-od), 0, 255).astype(np.uint8)
-            Image.fromarray(shifted).filter(ImageFilter.GaussianBlur(blur)).save(out)
+# --- Spans that a gate must stop (another lab's images: demo.generate.shift_stain_and_focus) ---
 
 
 def rewrite_span(src_span: str, dst_span: str, edit) -> None:

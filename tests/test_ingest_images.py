@@ -148,3 +148,22 @@ def test_fingerprint_follows_names_sizes_times_and_the_manifest(roots, tmp_path)
     with_manifest = ingest_images.tree_fingerprint(roots["images"], str(manifest))
     manifest.write_text("path,label,patient_id\nx.png,benign,p1\n")
     assert ingest_images.tree_fingerprint(roots["images"], str(manifest)) != with_manifest
+
+
+def test_arrivals_wait_for_enough_new_patients_after_the_first_span(roots):
+    # The first span is written whatever its size (4 patients here).
+    first = ingest(
+        roots["images"], roots["data"], os.path.join(roots["out"], "1"), min_new_patients=5
+    )
+    assert first["span"] == 1
+    generate(roots["images"], images_per_patient=2, patients_per_class=1, size=48, first_patient=2)
+    waiting = ingest(
+        roots["images"], roots["data"], os.path.join(roots["out"], "2"), min_new_patients=3
+    )
+    assert waiting["span"] is None and waiting["new_patients"] == 2
+    assert "wait for at least 3 new patients" in waiting["waiting"]
+    generate(roots["images"], images_per_patient=2, patients_per_class=1, size=48, first_patient=3)
+    written = ingest(
+        roots["images"], roots["data"], os.path.join(roots["out"], "3"), min_new_patients=3
+    )
+    assert written["span"] == 2 and written["new_patients"] == 4

@@ -48,7 +48,9 @@ EXPECTED_BEAM_ARGS = [
 ]
 # Argo step name -> (component id, upstream steps).
 EXPECTED_STEPS = {
-    "importexamplegen": ("ImportExampleGen", set()),
+    "ingestimages": ("IngestImages", set()),
+    "importexamplegen": ("ImportExampleGen", {"ingestimages"}),
+    "span-window-resolver": ("span_window_resolver", {"importexamplegen"}),
     "patientleakagegate": ("PatientLeakageGate", {"importexamplegen"}),
     "statisticsgen": ("StatisticsGen", {"importexamplegen"}),
     "importschemagen": ("ImportSchemaGen", set()),
@@ -56,7 +58,13 @@ EXPECTED_STEPS = {
     "anomaliesgate": ("AnomaliesGate", {"examplevalidator"}),
     "transform": (
         "Transform",
-        {"importexamplegen", "importschemagen", "patientleakagegate", "anomaliesgate", "driftgate"},
+        {
+            "span-window-resolver",
+            "importschemagen",
+            "patientleakagegate",
+            "anomaliesgate",
+            "driftgate",
+        },
     ),
     "trainer": ("Trainer", {"transform", "importschemagen"}),
     "baseline-statistics-resolver": ("baseline_statistics_resolver", set()),
@@ -69,7 +77,10 @@ EXPECTED_STEPS = {
         {"statisticsgen", "importschemagen", "baseline-statistics-resolver", "anomaliesgate"},
     ),
     "latest-blessed-model-resolver": ("latest_blessed_model_resolver", set()),
-    "evaluator": ("Evaluator", {"importexamplegen", "trainer", "latest-blessed-model-resolver"}),
+    "evaluator": (
+        "Evaluator",
+        {"span-window-resolver", "trainer", "latest-blessed-model-resolver"},
+    ),
     "pusher": ("Pusher", {"trainer", "evaluator"}),
     "gradcam": ("GradCam", {"importexamplegen", "trainer"}),
     "evalreport": (
@@ -79,7 +90,7 @@ EXPECTED_STEPS = {
     "tfliteexport": ("TFLiteExport", {"importexamplegen", "trainer"}),
     "tflitepusher": ("TFLitePusher", {"pusher", "tfliteexport"}),
 }
-BEAM_COMPONENTS = {"ImportExampleGen", "StatisticsGen", "Transform", "Evaluator"}
+BEAM_COMPONENTS = {"IngestImages", "ImportExampleGen", "StatisticsGen", "Transform", "Evaluator"}
 
 
 def run_cli(args: list, env: dict, cwd: str, timeout: int = 240) -> subprocess.CompletedProcess:

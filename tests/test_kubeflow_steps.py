@@ -3,8 +3,10 @@
 ``tfx pipeline compile --engine kubeflow`` writes the package from kubeflow_runner.py;
 ``kfp_steps`` runs its steps in DAG order as subprocesses of the project venv (standing in
 for the image) with a KFP pod's environment, against ML Metadata over gRPC
-(``mlmd_grpc``: a real store behind the gRPC API, SQLite on disk). Local pipeline and data
-roots with HISTO_ALLOW_LOCAL_PATHS=1, a small image size, few steps, one Beam worker.
+(``mlmd_grpc``: a real store behind the gRPC API, SQLite on disk). Local pipeline, image
+and data roots with HISTO_ALLOW_LOCAL_PATHS=1, a small image size, few steps, one Beam
+worker. The images are converted by the workflow's own IngestImages step: run 1 makes
+span 1, run 3 (after new images arrived) span 2; nobody runs histo-preprocess.
 
 Run alone with ``./scripts/test.sh -m kfp_steps``. What still needs a cluster: Argo itself,
 pod scheduling (GPU node pool), the image, object stores, KFP's UI rendering.
@@ -20,11 +22,10 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2
 
 from demo.generate import generate
-from histo_testlib import BIN, FAST_BEAM_ARGS, REPO, RESOLVERS, cli_env
+from histo_testlib import BIN, REPO, RESOLVERS, cli_env
 from kfp_steps import run_workflow
 from mlmd_grpc import MetadataGrpcServer
-from preprocessing import layouts
-from preprocessing.beam_job import preprocess
+from preprocessing import storage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kfp_steps]
 
@@ -46,14 +47,14 @@ def kfp(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("kfp_steps")
     paths = {name: str(work / name) for name in ("images", "data", "root", "serving", "runs")}
     generate(paths["images"], images_per_patient=5, patients_per_class=8, size=128)
-    records, rejects = layouts.discover(paths["images"])
-    preprocess(records, rejects, paths["data"], (0.7, 0.15, 0.15), beam_args=FAST_BEAM_ARGS)
     server = MetadataGrpcServer(str(work / "mlmd.sqlite"))
     settings = {
         "HISTO_PIPELINE_NAME": PIPELINE_NAME,
         "HISTO_ALLOW_LOCAL_PATHS": "1",
         "HISTO_PIPELINE_ROOT": paths["root"],
         "HISTO_DATA_ROOT": paths["data"],
+        "HISTO_IMAGE_ROOT": paths["images"],
+        "HISTO_MIN_NEW_PATIENTS": "1",
         "HISTO_SERVING_MODEL_DIR": paths["serving"],
         # The image holds the repository at /pipeline; here the repository is the image.
         "HISTO_SCHEMA_FILE": os.path.join(REPO, "pipeline", "schema", "schema.pbtxt"),
@@ -123,9 +124,10 @@ def versions(kfp: dict) -> list[str]:
 
 def test_run_1_every_step_runs_and_a_blessed_model_is_pushed(kfp):
     steps = run(kfp, "histo-run-1")
-    assert len(steps) == 18
+    assert len(steps) == 20
     executions = executions_of_run(kfp, "histo-run-1")
-    assert len(executions) == 18
+    assert len(executions) == 20
+    assert storage.span_numbers(kfp["paths"]["data"]) == [1]  # written by IngestImages
     assert all(state(e) == "COMPLETE" for e in executions.values()), {
         n: state(e) for n, e in executions.items()
     }
@@ -174,7 +176,8 @@ def test_run_2_with_a_new_run_id_is_served_from_the_cache(kfp):
     assert set(executions) - rerun - RESOLVERS <= cached, {
         n: state(e) for n, e in executions.items()
     }
-    assert "Transform" in cached and "Trainer" in cached
+    assert "IngestImages" in cached and "Transform" in cached and "Trainer" in cached
+    assert storage.span_numbers(kfp["paths"]["data"]) == [1]
     assert len(versions(kfp)) == 1  # the identical model is not pushed twice
     # GradCam was cached: no executor ran, so its step shows only TFX's own entry; the
     # viewers step (a resolver, never cached) shows the cached gallery and the report.
@@ -193,8 +196,6 @@ def test_run_2_with_a_new_run_id_is_served_from_the_cache(kfp):
 def test_run_3_new_span_retrains_and_a_worse_model_is_not_pushed(kfp):
     paths = kfp["paths"]
     generate(paths["images"], images_per_patient=5, patients_per_class=2, first_patient=8, size=128)
-    records, rejects = layouts.discover(paths["images"])
-    preprocess(records, rejects, paths["data"], (0.7, 0.15, 0.15), beam_args=FAST_BEAM_ARGS)
     worse = compile_package(
         kfp["work"] / "compile-constant",
         {**kfp["settings"], "HISTO_TRAINER_MODULE": "constant_trainer_module"},
@@ -203,6 +204,8 @@ def test_run_3_new_span_retrains_and_a_worse_model_is_not_pushed(kfp):
     run(kfp, "histo-run-3", package=worse, PYTHONPATH=CONSTANT_TRAINER_DIR)
     executions = executions_of_run(kfp, "histo-run-3")
     assert state(executions["Trainer"]) == "COMPLETE"
+    assert state(executions["IngestImages"]) == "COMPLETE"
+    assert storage.span_numbers(paths["data"]) == [1, 2]
     assert state(executions["Transform"]) == "COMPLETE"  # a new span: nothing cached
     s = store(kfp)
     latest_blessing = max(s.get_artifacts_by_type("ModelBlessing"), key=lambda a: a.id)

@@ -137,3 +137,29 @@ def test_a_span_without_its_commit_marker_is_never_read_nor_reused(gcs):
     assert beam_job.published_assignments(data) == {"p1": "train"}
     assert beam_job.next_span(data) == 3
     assert storage.latest_committed_span(data) == 1  # what ExampleGen's driver reads
+
+
+def test_ingestion_converts_only_what_arrived_on_the_store(gcs, tmp_path, monkeypatch):
+    """IngestImages' work on gs:// at both ends: the tree fingerprint from object metadata,
+    the ledger read from committed spans, the next span holding only new images."""
+    from components import ingest_images
+
+    monkeypatch.chdir(tmp_path)
+    images, data = f"{gcs}/ingest/images", f"{gcs}/ingest/data"
+    upload_tree(images, range(6))
+    fingerprint = ingest_images.tree_fingerprint(images)
+    report = f"{gcs}/ingest/report-1"
+    first = ingest_images.ingest(images, data, report, beam_args=IN_PROCESS)
+    assert first["span"] == 1 and first["new_images"] == 18
+    assert storage.exists(f"{report}/{ingest_images.SUMMARY_FILE}")
+    assert ingest_images.tree_fingerprint(images) == fingerprint  # nothing changed
+
+    again = ingest_images.ingest(images, data, f"{gcs}/ingest/report-2", beam_args=IN_PROCESS)
+    assert again["span"] is None and again["already_converted"] == 18
+
+    upload_tree(images, range(6, 9), seed=700)
+    assert ingest_images.tree_fingerprint(images) != fingerprint
+    third = ingest_images.ingest(images, data, f"{gcs}/ingest/report-3", beam_args=IN_PROCESS)
+    assert third["span"] == 2 and third["new_images"] == 9
+    assert records_in(f"{data}/span-2") == 9
+    assert os.listdir(tmp_path) == []
