@@ -49,10 +49,12 @@ def train_statistics(images: str, work: str):
     )
 
 
-def draw(root: str, name: str, per_class: int, first: int, images: int, shifted: bool = False):
+def draw(
+    root: str, name: str, per_class: int, first: int, images: int, size: int, shifted: bool = False
+):
     work = os.path.join(root, name)
     source = os.path.join(work, "generated")
-    generate(source, images_per_patient=images, patients_per_class=per_class, first_patient=first)
+    generate(source, images, per_class, size=size, first_patient=first)
     if shifted:
         shift_stain_and_focus(source, os.path.join(work, "shifted"))
         source = os.path.join(work, "shifted")
@@ -64,18 +66,19 @@ def main() -> int:
     parser.add_argument("--baseline", type=int, default=10, help="patients per class")
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 10])
     parser.add_argument("--images", type=int, default=8, help="tiles per patient")
+    parser.add_argument("--size", type=int, default=224, help="tile side in pixels")
     parser.add_argument("--output", help="JSON file for the figures")
     args = parser.parse_args()
     schema = tfdv.load_schema_text(configs.SCHEMA_FILE)
     thresholds = json.loads(configs.drift_thresholds())
     rows = []
     with tempfile.TemporaryDirectory(prefix="drift-batches-") as root:
-        baseline = draw(root, "baseline", args.baseline, 0, args.images)
+        baseline = draw(root, "baseline", args.baseline, 0, args.images, args.size)
         draws = [(f"new {n}/class", n, False) for n in args.sizes]
         draws.append((f"other lab {args.sizes[-1]}/class", args.sizes[-1], True))
         for k, (label, per_class, shifted) in enumerate(draws):
             first = 1000 * (k + 1)  # disjoint patients
-            stats = draw(root, f"draw{k}", per_class, first, args.images, shifted)
+            stats = draw(root, f"draw{k}", per_class, first, args.images, args.size, shifted)
             drifts = measure_drift(stats, baseline, schema, thresholds)
             worst = max(drifts, key=lambda d: d.distance - d.threshold)
             rows.append(
@@ -97,7 +100,12 @@ def main() -> int:
             )
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"baseline_per_class": args.baseline, "rows": rows}, f, indent=2)
+            settings = {
+                "baseline_per_class": args.baseline,
+                "images": args.images,
+                "size": args.size,
+            }
+            json.dump({**settings, "rows": rows}, f, indent=2)
     return 0
 
 

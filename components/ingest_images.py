@@ -10,8 +10,8 @@ without anyone running ``histo-preprocess`` first.
   or moved is not converted again, a file whose bytes changed is.
 - Fewer new patients than ``min_new_patients`` (after the first span): the images wait
   for the next run, so a span is a batch the drift gate can compare with the data behind
-  the serving model, and each split gets patients (measured in the README: two draws of
-  two demo patients per class differ by a JSD of up to 0.15, of four or more up to 0.11).
+  the serving model without reading chance as drift, and each split gets patients
+  (README, "Scheduled retraining": 10 new demo patients were stopped, 20 passed).
 - Nothing new: no span is written (the report says so); ExampleGen then reads the same
   span and the rest of the run is served from the cache. New files: the same Beam job as
   ``histo-preprocess`` (patients keep their split, rejects report, atomic commit) writes

@@ -54,6 +54,14 @@ def approved_ids(store: mlmd.MetadataStore, artifact_ids: list[int]) -> set[int]
     return from_example_gen & transformed
 
 
+def span_of(artifact: types.Artifact) -> int:
+    """The span number ExampleGen recorded: a custom property (its ``span`` property,
+    declared on the Examples type, stays 0)."""
+    if artifact.has_custom_property("span"):
+        return artifact.get_int_custom_property("span")
+    return artifact.span
+
+
 def window_of(
     current: types.Artifact, approved: list[types.Artifact], window: int
 ) -> list[types.Artifact]:
@@ -61,8 +69,8 @@ def window_of(
     oldest first."""
     by_span: dict[int, types.Artifact] = {}
     for artifact in sorted(approved, key=lambda a: a.id):
-        by_span[artifact.span] = artifact
-    by_span[current.span] = current
+        by_span[span_of(artifact)] = artifact
+    by_span[span_of(current)] = current
     spans = sorted(by_span, reverse=True)
     kept = spans[:window] if window > 0 else spans
     return [by_span[span] for span in sorted(kept)]

@@ -75,7 +75,7 @@ MIN_SIDE = _env_int("HISTO_MIN_SIDE", DEFAULT_MIN_SIDE)  # pixels
 MAX_PIXELS = _env_int("HISTO_MAX_PIXELS", DEFAULT_MAX_PIXELS)
 # After the first span, arrivals wait until this many new patients are there: a span is
 # then a batch the drift gate can judge (README, "Scheduled retraining").
-MIN_NEW_PATIENTS = _env_int("HISTO_MIN_NEW_PATIENTS", 10)
+MIN_NEW_PATIENTS = _env_int("HISTO_MIN_NEW_PATIENTS", 20)
 
 
 def parse_span_window(text: str) -> int:

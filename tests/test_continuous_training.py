@@ -45,17 +45,18 @@ def ct(tmp_path_factory) -> dict:
     return {name: str(root / name) for name in ("images", "lab2", "data", "out")}
 
 
-# Arrivals of 8 patients per class: smaller batches of demo patients differ from the
-# baseline by a JSD near the drift threshold by chance (README, "Scheduled retraining").
-ARRIVING_PER_CLASS = 8
-MIN_NEW_PATIENTS = 10
+# Spans of 10 patients per class, 8 tiles each (the default HISTO_MIN_NEW_PATIENTS, 20):
+# smaller batches of demo patients differ from the baseline by a JSD near the drift
+# threshold by chance (README, "Scheduled retraining"; benchmarks/drift_batches.py).
+PER_CLASS = 10
+TILES = 8
 
 
 def run(ct: dict, **overrides) -> dict:
     """One scheduled run in this process: ingestion of ct's image root, then the pipeline."""
     from pipeline import configs
 
-    ingest = {**configs.ingest_settings(), "min_new_patients": MIN_NEW_PATIENTS}
+    ingest = configs.ingest_settings()
     return run_pipeline(
         ct["data"],
         ct["out"],
@@ -76,7 +77,7 @@ def input_spans(ct: dict, node: str) -> list[int]:
         for e in s.get_events_by_execution_ids([execution.id])
         if e.type == metadata_store_pb2.Event.INPUT and e.path.steps[0].key == "examples"
     ]
-    return sorted(a.properties["span"].int_value for a in s.get_artifacts_by_id(ids))
+    return sorted(a.custom_properties["span"].int_value for a in s.get_artifacts_by_id(ids))
 
 
 CONSOLE_MAX_LINES = 60  # issue 12: the demo run's console, summary included
@@ -117,13 +118,12 @@ def latest_input_keys(ct: dict, node: str) -> set[str]:
 def test_1_first_images_become_a_span_that_is_blessed_and_pushed(ct, tmp_path):
     """Run as a person runs it (local_runner.py, default Beam options): the console shows a
     line per component, the trainer's progress and the summary; the rest is in the log."""
-    generate(ct["images"], images_per_patient=5, patients_per_class=8, size=128)
+    generate(ct["images"], images_per_patient=TILES, patients_per_class=PER_CLASS, size=128)
     run = run_local_runner(
         ct["data"],
         ct["out"],
         str(tmp_path),
         image_root=ct["images"],
-        HISTO_MIN_NEW_PATIENTS=str(MIN_NEW_PATIENTS),
     )
     lines = run.stdout.splitlines()
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -153,7 +153,6 @@ def test_2_a_run_with_no_new_images_changes_nothing(ct, tmp_path):
         ct["out"],
         str(tmp_path),
         image_root=ct["images"],
-        HISTO_MIN_NEW_PATIENTS=str(MIN_NEW_PATIENTS),
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     after = states(ct)
@@ -166,16 +165,16 @@ def test_2_a_run_with_no_new_images_changes_nothing(ct, tmp_path):
 def test_3_more_patients_become_the_next_span_and_train_with_the_first(ct):
     generate(
         ct["images"],
-        images_per_patient=5,
-        patients_per_class=ARRIVING_PER_CLASS,
-        first_patient=8,
+        images_per_patient=TILES,
+        patients_per_class=PER_CLASS,
+        first_patient=PER_CLASS,
         size=128,
     )
     summary = run(ct)
     assert storage.span_numbers(ct["data"]) == [1, 2]
     with open(os.path.join(ct["data"], "span-2", "summary.json")) as f:
         span = json.load(f)
-    assert span["images_written"] == 2 * ARRIVING_PER_CLASS * 5  # the new images only
+    assert span["images_written"] == 2 * PER_CLASS * TILES  # the new images only
     assert input_spans(ct, "Transform") == [1, 2]
     assert input_spans(ct, "Evaluator") == [1, 2]
     assert input_spans(ct, "StatisticsGen") == [2]  # the gates judge what is new
@@ -190,14 +189,15 @@ def test_3_more_patients_become_the_next_span_and_train_with_the_first(ct):
 
 def test_4_another_lab_and_scanner_stop_at_the_drift_gate(ct, tmp_path):
     serving = pushed_versions(ct["out"])
-    generate(ct["lab2"], images_per_patient=5, patients_per_class=6, first_patient=30, size=128)
+    generate(
+        ct["lab2"], images_per_patient=4, patients_per_class=PER_CLASS, first_patient=100, size=128
+    )
     shift_stain_and_focus(ct["lab2"], ct["images"])
     run = run_local_runner(
         ct["data"],
         ct["out"],
         str(tmp_path),
         image_root=ct["images"],
-        HISTO_MIN_NEW_PATIENTS=str(MIN_NEW_PATIENTS),
     )
     assert run.returncode == 2, run.stdout[-3000:] + run.stderr[-3000:]
     assert storage.span_numbers(ct["data"]) == [1, 2, 3]
@@ -216,9 +216,9 @@ def test_4_another_lab_and_scanner_stop_at_the_drift_gate(ct, tmp_path):
 def test_5_the_stopped_span_never_enters_a_later_training_window(ct):
     generate(
         ct["images"],
-        images_per_patient=5,
-        patients_per_class=ARRIVING_PER_CLASS,
-        first_patient=40,
+        images_per_patient=TILES,
+        patients_per_class=PER_CLASS,
+        first_patient=200,
         size=128,
     )
     run(ct)

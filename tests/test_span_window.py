@@ -9,7 +9,13 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2
 from tfx.types import standard_artifacts
 
-from components.span_window import CURRENT_KEY, WINDOW_KEY, SpanWindowStrategy, window_of
+from components.span_window import (
+    CURRENT_KEY,
+    WINDOW_KEY,
+    SpanWindowStrategy,
+    span_of,
+    window_of,
+)
 
 COMPLETE = metadata_store_pb2.Execution.COMPLETE
 CACHED = metadata_store_pb2.Execution.CACHED
@@ -24,7 +30,7 @@ class Store:
         config.fake_database.SetInParent()
         self.store = mlmd.MetadataStore(config)
         examples_type = metadata_store_pb2.ArtifactType(name="Examples")
-        examples_type.properties["span"] = metadata_store_pb2.INT
+        examples_type.properties["span"] = metadata_store_pb2.INT  # declared, left 0
         self.examples_type = self.store.put_artifact_type(examples_type)
         self.types = {
             name: self.store.put_execution_type(metadata_store_pb2.ExecutionType(name=name))
@@ -52,7 +58,7 @@ class Store:
 
     def example_gen(self, span: int) -> standard_artifacts.Examples:
         artifact = metadata_store_pb2.Artifact(type_id=self.examples_type, uri=f"/eg/{span}")
-        artifact.properties["span"].int_value = span
+        artifact.custom_properties["span"].int_value = span  # where ExampleGen's driver puts it
         [artifact_id] = self.store.put_artifacts([artifact])
         self._event(
             artifact_id, self._execution("ExampleGen", COMPLETE), metadata_store_pb2.Event.OUTPUT
@@ -62,7 +68,7 @@ class Store:
     def transformed_output(self, span: int) -> standard_artifacts.Examples:
         """Transform's output is of type Examples too: never part of the window."""
         artifact = metadata_store_pb2.Artifact(type_id=self.examples_type, uri=f"/tf/{span}")
-        artifact.properties["span"].int_value = span
+        artifact.custom_properties["span"].int_value = span
         [artifact_id] = self.store.put_artifacts([artifact])
         execution = self._execution("Transform", COMPLETE)
         self._event(artifact_id, execution, metadata_store_pb2.Event.OUTPUT)
@@ -87,7 +93,7 @@ def resolve(s: Store, current, history, window: int = 0) -> list[int]:
         s.store, {CURRENT_KEY: [current], WINDOW_KEY: history}
     )
     assert result[CURRENT_KEY] == [current]
-    return [a.span for a in result[WINDOW_KEY]]
+    return [span_of(a) for a in result[WINDOW_KEY]]
 
 
 def test_the_window_holds_spans_that_passed_the_gates_and_this_runs_span():
