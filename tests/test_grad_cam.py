@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import local_runner
-from components.grad_cam import audit_set, model_io
+from components.shared import audit_set, model_io
 from histo_testlib import node_states
 from modules.trainer import backbones
 from modules.trainer import grad_cam as cam

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import local_runner
-from components.grad_cam import model_io
+from components.shared import model_io
 from histo_testlib import ALL_NODES, REPO, RESOLVERS, node_states, pushed_versions, run_pipeline
 from modules import features
 from modules.trainer import export, grad_cam, recipe

@@ -17,7 +17,8 @@ from tfx.types.artifact import Artifact
 from components import kfp_ui
 from components.eval_report import content, html_report, sources, tfma_reader
 from components.grad_cam import component as grad_cam
-from components.grad_cam import model_io, render
+from components.grad_cam import render
+from components.shared import model_io
 from modules import features
 from modules.trainer import export
 

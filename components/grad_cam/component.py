@@ -17,7 +17,8 @@ from tfx.dsl.io import fileio
 from tfx.types.artifact import Artifact
 
 from components import kfp_ui
-from components.grad_cam import audit_set, model_io, render
+from components.grad_cam import render
+from components.shared import audit_set, model_io
 from modules import features
 from modules.trainer import export
 from modules.trainer import grad_cam as cam

@@ -20,7 +20,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.io import fileio
 from tfx.types.artifact import Artifact
 
-from components.grad_cam import audit_set, model_io
+from components.shared import audit_set, model_io
 from components.tflite_export import convert, parity, runtime
 from modules import features
 from modules.trainer import export
