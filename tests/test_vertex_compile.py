@@ -25,13 +25,15 @@ SETTINGS_ENV = {
     "HISTO_TRAINER_CPU_REQUEST": "8",
     "HISTO_TRAINER_MEMORY_REQUEST": "30G",
 }
-# The resolver compiles to 2 tasks; the drift gate and its baseline lookup are local and
-# KFP v1 only (KFP v2 compiles TFX's built-in resolver strategies alone).
+# The resolver compiles to 2 tasks; the drift gate and its baseline lookup, and the span
+# window, are local and KFP v1 only (KFP v2 compiles TFX's built-in resolver strategies
+# alone; kubeflow_v2_runner.py leaves them out, and ingestion with them).
 COMPONENTS = ALL_NODES - {
     "latest_blessed_model_resolver",
     "baseline_statistics_resolver",
     "DriftGate",
     "kfp_ui_viewers",
+    "span_window_resolver",
 }
 ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
 RESOLVER_TASKS = {
