@@ -68,6 +68,13 @@ class IngestImagesSpec(ComponentSpec):
     OUTPUTS = {"report": ChannelParameter(type=IngestReport)}
 
 
+# The parameters that ``ingest`` takes as keywords (the roots are positional, the
+# fingerprint is the driver's).
+SETTINGS = tuple(
+    k for k in IngestImagesSpec.PARAMETERS if k not in ("image_root", "data_root", FINGERPRINT_KEY)
+)
+
+
 def tree_fingerprint(image_root: str, manifest: str = "") -> str:
     """SHA-256 over every file's name, size and modification time below image_root, and
     the manifest's content: changes when an image is added, removed, replaced or touched."""
@@ -114,7 +121,8 @@ def select_new(
     """Splits what discovery found into new records, new rejects and files already
     converted; a file with the same content as another new file is left out (one copy)."""
     hashes = ledger.content_hashes([r.path for r in records])
-    reject_hashes = ledger.content_hashes([storage.join(image_root, r.source) for r in rejects])
+    reject_paths = {r.source: storage.join(image_root, r.source) for r in rejects}
+    reject_hashes = ledger.content_hashes(list(reject_paths.values()))
     keys: dict[str, str] = {}
     new_records, duplicates, seen = [], [], {}
     for r in records:
@@ -128,7 +136,7 @@ def select_new(
         new_records.append(r)
     new_rejects = []
     for r in rejects:
-        key = keys[r.source] = _key(r.source, reject_hashes.get(storage.join(image_root, r.source)))
+        key = keys[r.source] = _key(r.source, reject_hashes.get(reject_paths[r.source]))
         if key not in known:
             new_rejects.append(r)
     return {
@@ -203,7 +211,7 @@ def ingest(
         rejects_csv = storage.join(span["span_dir"], beam_job.REJECTS_FILE)
         storage.write_bytes(storage.join(out_dir, REJECTS_FILE), storage.read_bytes(rejects_csv))
         logging.info("ingested %d new images into %s", span["images_written"], span["span_dir"])
-    elif not found["records"]:
+    else:
         logging.info(
             "nothing new under %s (%d files converted before): no span written",
             image_root,
@@ -223,19 +231,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         exec_properties: dict[str, Any],
     ) -> None:
         [report] = output_dict["report"]
+        settings = {k: exec_properties[k] for k in SETTINGS}
         summary = ingest(
             exec_properties["image_root"],
             exec_properties["data_root"],
             report.uri,
-            layout=exec_properties["layout"],
-            manifest=exec_properties["manifest"],
-            split_ratios=exec_properties["split_ratios"],
-            split_salt=exec_properties["split_salt"],
-            patient_rule=exec_properties["patient_rule"],
-            max_reject_fraction=exec_properties["max_reject_fraction"],
-            min_side=exec_properties["min_side"],
-            max_pixels=exec_properties["max_pixels"],
-            min_new_patients=exec_properties["min_new_patients"],
+            **settings,
             beam_args=list(self._beam_pipeline_args or []),
         )
         report.set_int_custom_property("span", summary["span"] or 0)

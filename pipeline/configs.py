@@ -171,13 +171,13 @@ def trainer_config() -> dict[str, Any]:
 
 
 def ingest_settings() -> dict[str, Any]:
-    """IngestImages' parameters from these settings (the runner adds the two roots)."""
+    """IngestImages' parameters from these settings (create_pipeline adds the two roots and
+    its patient_rule, the one the leakage gate uses)."""
     return {
         "layout": LAYOUT,
         "manifest": MANIFEST,
         "split_ratios": SPLIT_RATIOS,
         "split_salt": SPLIT_SALT,
-        "patient_rule": PATIENT_RULE,
         "max_reject_fraction": MAX_REJECT_FRACTION,
         "min_side": MIN_SIDE,
         "max_pixels": MAX_PIXELS,

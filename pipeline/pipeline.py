@@ -186,7 +186,12 @@ def create_pipeline(
 
     ingest = None
     if image_root:
-        ingest = IngestImages(image_root=image_root, data_root=data_root, **(ingest_settings or {}))
+        ingest = IngestImages(
+            image_root=image_root,
+            data_root=data_root,
+            patient_rule=patient_rule,  # the leakage gate's: one rule for both
+            **(ingest_settings or {}),
+        )
         components.append(ingest)
 
     # The latest committed span (an object-store span being copied is not read yet).
