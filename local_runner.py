@@ -95,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     terminal = console.start(argv)
     parser = argparse.ArgumentParser(description=__doc__, parents=[console.arguments()])
-    parser.add_argument("--data-root", default=os.environ.get("HISTO_DATA_ROOT"), required=False)
+    parser.add_argument("--data-root", default=os.environ.get("HISTO_DATA_ROOT"))  # no default here
     parser.add_argument(
         "--image-root",
-        default=os.environ.get("HISTO_IMAGE_ROOT", ""),
+        default=os.environ.get("HISTO_IMAGE_ROOT", ""),  # none by default here
         help="folder of slide images: what arrived since the last span becomes the next one",
     )
     args = parser.parse_args(argv)

@@ -52,6 +52,7 @@ import tensorflow as tf
 from modules import image_tiles
 from modules.metrics import expected_calibration_error, operating_point, roc_auc
 from modules.trainer import recipe, trainer_module
+from pipeline import configs
 from preprocessing import layouts, patients
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,7 +187,7 @@ class FeatureBank:
 
     def network(self, backbone: str) -> tf.keras.Model:
         if backbone not in self._networks:
-            hp = trainer_module.hyperparameters({"backbone": backbone})
+            hp = trainer_module.hyperparameters({**configs.trainer_config(), "backbone": backbone})
             model, _ = recipe.build(hp)
             self._networks[backbone] = recipe.features_model(model)
         return self._networks[backbone]
@@ -276,14 +277,14 @@ def no_views(function: Callable) -> Callable:
 
 
 def arm_runner(arm: str, bank: FeatureBank, seed: int) -> Callable[[Fold, bool], Scores]:
-    default = trainer_module.DEFAULTS["backbone"]
+    default = configs.trainer_config()["backbone"]
     if arm == "probe":
         return lambda fold, first: probe_scores(fold, lambda items: bank.whole(default, items))
     if arm == "probe-tiles":
         return lambda fold, first: probe_scores(fold, lambda items: bank.tiles(default, items))
     settings = dict(ARM_SETTINGS[arm])
     views = not settings.pop("no_views", False)
-    hp = trainer_module.hyperparameters({**settings, "seed": seed})
+    hp = trainer_module.hyperparameters({**configs.trainer_config(), **settings, "seed": seed})
     fine_tuned = int(hp["epochs_fine_tune"]) > 0
     cache = None if fine_tuned else bank.cache(hp["backbone"], views)
 
@@ -387,7 +388,7 @@ def main() -> None:
         f"{len(items)} images ({sum(i.label for i in items)} malignant) of {len(labels)} "
         f"patients ({sum(labels.values())} malignant); {args.folds} folds x seeds {args.seeds}"
     )
-    defaults = trainer_module.DEFAULTS
+    defaults = configs.trainer_config()
     bank = FeatureBank(int(defaults["image_size"]), int(defaults["max_tiles"]))
     results, seconds = {}, {}
     for arm in args.arms:

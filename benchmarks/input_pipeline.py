@@ -41,6 +41,7 @@ from modules import features, image_tiles
 from modules.trainer import data, recipe, trainer_module
 from modules.trainer.model import unfreeze_top
 from modules.transform.transform_module import preprocessing_fn
+from pipeline import configs
 from preprocessing import layouts
 
 FAST_BEAM_ARGS = [
@@ -172,7 +173,12 @@ def benchmark_size(images: str, work: str, size: int, args: argparse.Namespace) 
     transform_seconds = time.perf_counter() - started
 
     hp = trainer_module.hyperparameters(
-        {"image_size": size, "weights": args.weights, "batch_size": args.batch_size}
+        {
+            **configs.trainer_config(),
+            "image_size": size,
+            "weights": args.weights,
+            "batch_size": args.batch_size,
+        }
     )
     tf.keras.utils.set_random_seed(int(hp["seed"]))
     model, backbone = recipe.build(hp)

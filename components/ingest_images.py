@@ -34,6 +34,7 @@ from tfx.proto.orchestration import driver_output_pb2
 from tfx.types.artifact import Artifact
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
+from pipeline import settings
 from preprocessing import layouts, ledger, patients, splits, storage
 from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from preprocessing.layouts import ImageRecord, Reject
@@ -41,6 +42,10 @@ from preprocessing.layouts import ImageRecord, Reject
 FINGERPRINT_KEY = "image_fingerprint"
 SUMMARY_FILE = "ingest.json"
 REJECTS_FILE = "rejects.csv"
+# Parameter defaults: the declared settings (pipeline/settings.py).
+DEFAULT_LAYOUT: str = settings.default("HISTO_LAYOUT")
+DEFAULT_SPLIT_RATIOS: str = settings.default("HISTO_SPLIT_RATIOS")
+DEFAULT_MAX_REJECT_FRACTION: float = settings.default("HISTO_MAX_REJECT_FRACTION")
 
 
 class IngestReport(Artifact):
@@ -153,12 +158,12 @@ def ingest(
     data_root: str,
     out_dir: str,
     *,
-    layout: str = "auto",
+    layout: str = DEFAULT_LAYOUT,
     manifest: str = "",
-    split_ratios: str = "0.7,0.15,0.15",
+    split_ratios: str = DEFAULT_SPLIT_RATIOS,
     split_salt: str = "",
     patient_rule: str = patients.DEFAULT_RULE,
-    max_reject_fraction: float = 0.05,
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
     min_side: int = DEFAULT_MIN_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_new_patients: int = 1,
@@ -255,12 +260,12 @@ class IngestImages(base_beam_component.BaseBeamComponent):
         *,
         image_root: str,
         data_root: str,
-        layout: str = "auto",
+        layout: str = DEFAULT_LAYOUT,
         manifest: str = "",
-        split_ratios: str = "0.7,0.15,0.15",
+        split_ratios: str = DEFAULT_SPLIT_RATIOS,
         split_salt: str = "",
         patient_rule: str = patients.DEFAULT_RULE,
-        max_reject_fraction: float = 0.05,
+        max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
         min_side: int = DEFAULT_MIN_SIDE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_new_patients: int = 1,

@@ -17,7 +17,6 @@ seconds and run at other times than meant.
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -98,10 +97,10 @@ def parse_params(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def default_pipeline_name() -> str:
-    """Same default as the runners, without importing TensorFlow."""
-    from pipeline import configs
+    """Same default as the runners (the settings table loads without TensorFlow)."""
+    from pipeline import settings
 
-    return os.environ.get("HISTO_PIPELINE_NAME") or configs.PIPELINE_NAME
+    return settings.read("HISTO_PIPELINE_NAME")
 
 
 # ---------------------------------------------------------------- KFP calls
@@ -264,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--iap-client-id", help="OAuth client id of an IAP-protected endpoint")
     common.add_argument("-n", "--namespace", default="kubeflow", help="KFP system namespace")
     common.add_argument("--user-namespace", help="multi-user KFP: the profile namespace")
-    common.add_argument("--pipeline-name", help="default: $HISTO_PIPELINE_NAME or configs")
+    common.add_argument("--pipeline-name", help="default: $HISTO_PIPELINE_NAME (docs/settings.md)")
     common.add_argument("--experiment", help="default: the pipeline name (as tfx run create)")
     common.add_argument("--job-name", help="default: <pipeline name>-retrain")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -46,9 +46,6 @@ HEATMAP_OUTPUT = "heatmap"
 BENIGN_HEATMAP_OUTPUT = "benign_heatmap"
 HEATMAP_SIDE = 64
 
-# Default training-time image side; configs may override it per pipeline.
-DEFAULT_IMAGE_SIZE = 224
-
 INT_FEATURES: tuple[str, ...] = (LABEL_KEY, MAGNIFICATION_KEY, HEIGHT_KEY, WIDTH_KEY)
 BYTES_FEATURES: tuple[str, ...] = (
     IMAGE_KEY,

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 from modules import progress, quiet
+from pipeline import settings
 
 # LocalDagRunner's and the launcher's own messages (tfx/orchestration/local, portable).
 _RUNNING = "Component %s is running."
@@ -36,7 +37,7 @@ SLOW_START_SECONDS = 3.0  # a component still running after this gets a line of 
 def arguments() -> argparse.ArgumentParser:
     """The flags the console needs before anything heavy is imported (a parent parser)."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--output-dir", default=os.environ.get("HISTO_OUTPUT_DIR", "outputs"))
+    parser.add_argument("--output-dir", default=settings.read("HISTO_OUTPUT_DIR"))
     parser.add_argument("--verbose", action="store_true", help="show the full log on the console")
     return parser
 

@@ -151,7 +151,6 @@ def create_pipeline(
     transform_module: str,
     trainer_module: str,
     serving_model_dir: str,
-    image_size: int,
     trainer_config: dict[str, Any],
     train_steps: int,
     eval_steps: int,
@@ -159,18 +158,21 @@ def create_pipeline(
     max_auc_drop: float,
     schema_file: str,
     drift_thresholds: str,
+    grad_cam_per_class: int,
+    tflite_max_images: int,
+    tflite_max_auc_loss: float,
+    tuner_trials: int,
     schema_sha256: str | None = None,
     patient_rule: str = patients.DEFAULT_RULE,
     accept_drift: str = "",
     drift_gate: bool = True,
     kfp_ui_viewers: bool = True,
-    eval_split: str = features.TEST_SPLIT,
+    blessing_split: str = features.TEST_SPLIT,
     beam_pipeline_args: list[str] | None = None,
     metadata_connection_config: Any | None = None,
     enable_cache: bool = True,
     enable_tuner: bool = False,
     tuner_module: str | None = None,
-    tuner_trials: int = 4,
     image_root: str = "",
     ingest_settings: dict[str, Any] | None = None,
     span_window: int | None = 0,
@@ -293,7 +295,6 @@ def create_pipeline(
             **training_inputs,
             custom_config={
                 **trainer_config,
-                "image_size": image_size,
                 "max_trials": tuner_trials,
                 "code_version": code,
             },
@@ -303,7 +304,7 @@ def create_pipeline(
 
     trainer = tfx.components.Trainer(
         **training_inputs,
-        custom_config={**trainer_config, "image_size": image_size, "code_version": code},
+        custom_config={**trainer_config, "code_version": code},
         hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         **_module_kwargs(trainer_module, "run_fn", "run_fn"),
     )
@@ -314,6 +315,7 @@ def create_pipeline(
         model=trainer.outputs["model"],
         examples=example_gen.outputs["examples"],
         split=features.EVAL_SPLIT,
+        per_class=grad_cam_per_class,
     )
     components.append(grad_cam)
 
@@ -328,7 +330,7 @@ def create_pipeline(
         examples=window,  # every approved span's held-out patients
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
-        example_splits=[eval_split],
+        example_splits=[blessing_split],
         eval_config=create_eval_config(min_auc, max_auc_drop),
     )
     components.append(evaluator)
@@ -340,13 +342,16 @@ def create_pipeline(
         statistics=statistics_gen.outputs["statistics"],
         examples=example_gen.outputs["examples"],
         gallery=grad_cam.outputs["gallery"],  # a row of its thumbnails in the report
-        eval_split=eval_split,
+        blessing_split=blessing_split,
     )
     components.append(eval_report)
 
     # Converted for every candidate; parity on the held-out splits gates shipping it.
     tflite_export = TFLiteExport(
-        model=trainer.outputs["model"], examples=example_gen.outputs["examples"]
+        model=trainer.outputs["model"],
+        examples=example_gen.outputs["examples"],
+        max_images=tflite_max_images,
+        max_auc_loss=tflite_max_auc_loss,
     )
     components.append(tflite_export)
 

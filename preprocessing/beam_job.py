@@ -33,6 +33,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from modules import features
+from pipeline import settings
 from preprocessing import beam_runner, image_content, ledger, patients, splits, storage
 from preprocessing.examples import to_example
 from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, BadImageError, load_image
@@ -42,6 +43,7 @@ from preprocessing.progress import ProgressPrinter, WorkerCounter
 REJECTS_TAG = "rejects"
 REJECTS_FILE = "rejects.csv"
 SUMMARY_FILE = "summary.json"
+DEFAULT_MAX_REJECT_FRACTION: float = settings.default("HISTO_MAX_REJECT_FRACTION")
 ASSIGNMENTS_FILE = "split_assignments.json"  # {patient: split}, published with the span
 
 
@@ -250,7 +252,7 @@ def preprocess(
     output_root: str,
     ratios: Sequence[float],
     salt: str = "",
-    max_reject_fraction: float = 0.05,
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
     beam_args: Sequence[str] = (),
     min_side: int = DEFAULT_MIN_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,

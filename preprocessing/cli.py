@@ -10,27 +10,39 @@ import logging
 import sys
 
 from modules import quiet
+from pipeline import settings
 from preprocessing import layouts, patients, splits
-from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="histo-preprocess", description=__doc__)
     parser.add_argument("--input", required=True, help="root folder of the images")
     parser.add_argument("--output", required=True, help="data root that receives span-N/")
-    parser.add_argument("--layout", choices=layouts.LAYOUTS, default="auto")
-    parser.add_argument("--manifest", help="CSV path,label,patient_id[,magnification,subtype]")
-    parser.add_argument("--split-ratios", default="0.7,0.15,0.15", help="train,eval,test")
-    parser.add_argument("--split-salt", default="", help="change to draw a different split")
+    # Defaults: the pipeline's settings (HISTO_LAYOUT, ...), so both write alike spans.
+    read = settings.read
+    parser.add_argument("--layout", choices=layouts.LAYOUTS, default=read("HISTO_LAYOUT"))
+    parser.add_argument(
+        "--manifest",
+        default=read("HISTO_MANIFEST") or None,
+        help="CSV path,label,patient_id[,magnification,subtype]",
+    )
+    parser.add_argument(
+        "--split-ratios", default=read("HISTO_SPLIT_RATIOS"), help="train,eval,test"
+    )
+    parser.add_argument(
+        "--split-salt", default=read("HISTO_SPLIT_SALT"), help="change to draw a different split"
+    )
     parser.add_argument(
         "--patient-rule",
         type=patients.validate_rule,
         help="which ids are one patient: breakhis (slide letters dropped, the default), "
         "as-is, regex:<pattern>; default from HISTO_PATIENT_RULE",
     )
-    parser.add_argument("--max-reject-fraction", type=float, default=0.05)
-    parser.add_argument("--min-side", type=int, default=DEFAULT_MIN_SIDE)
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    parser.add_argument(
+        "--max-reject-fraction", type=float, default=read("HISTO_MAX_REJECT_FRACTION")
+    )
+    parser.add_argument("--min-side", type=int, default=read("HISTO_MIN_SIDE"))
+    parser.add_argument("--max-pixels", type=int, default=read("HISTO_MAX_PIXELS"))
     return parser
 
 

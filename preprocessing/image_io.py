@@ -13,8 +13,10 @@ import warnings
 import numpy as np
 from PIL import Image
 
-DEFAULT_MIN_SIDE = 32
-DEFAULT_MAX_PIXELS = 50_000_000  # a 700x460 BreakHis image is 0.3 MP; 50 MP is a bomb here
+from pipeline import settings
+
+DEFAULT_MIN_SIDE: int = settings.default("HISTO_MIN_SIDE")
+DEFAULT_MAX_PIXELS: int = settings.default("HISTO_MAX_PIXELS")  # 700x460 BreakHis: 0.3 MP
 
 
 class BadImageError(ValueError):

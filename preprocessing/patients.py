@@ -15,11 +15,12 @@ again to what preprocessing wrote.
 """
 
 import functools
-import os
 import re
 
-DEFAULT_RULE = "breakhis"
-RULE_ENV = "HISTO_PATIENT_RULE"  # read by histo-preprocess and the pipeline alike
+from pipeline import settings
+
+RULE_SETTING = "HISTO_PATIENT_RULE"  # read by histo-preprocess and the pipeline alike
+DEFAULT_RULE: str = settings.default(RULE_SETTING)
 _BREAKHIS_SLIDE = r"^(\d+-\d+)[A-Za-z]*$"
 
 
@@ -39,7 +40,7 @@ def _pattern(rule: str) -> re.Pattern | None:
 
 def configured_rule() -> str:
     """The rule this deployment uses: ``HISTO_PATIENT_RULE`` or the default."""
-    return validate_rule(os.environ.get(RULE_ENV, "").strip() or DEFAULT_RULE)
+    return validate_rule(settings.read(RULE_SETTING))
 
 
 def validate_rule(rule: str) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 import waitress
 from flask import Flask, Request, render_template, request
 
+from pipeline import settings
 from preprocessing import patients
 from serving import images, overlays, predict, rest
 
@@ -163,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--model-dir", help="a pushed SavedModel version directory")
     where.add_argument("--url", help="TF Serving model URL: http://HOST:8501/v1/models/NAME")
     parser.add_argument("--metadata", help="training_metadata.json to show (with --url)")
-    parser.add_argument("--host", default=os.environ.get("HISTO_WEB_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("HISTO_WEB_PORT", "8080")))
+    parser.add_argument("--host", default=settings.read("HISTO_WEB_HOST"))
+    parser.add_argument("--port", type=int, default=settings.read("HISTO_WEB_PORT"))
     args = parser.parse_args(argv)
     backend: predict.Backend = (
         predict.LocalBackend(args.model_dir, predict.EXPLAIN)

@@ -105,13 +105,19 @@ E2E_STEPS = {"train_steps": 40, "eval_steps": 5}
 E2E_MIN_AUC = 0.6
 
 
+def trainer_config(**overrides) -> dict:
+    """The Trainer's custom_config at the declared defaults (not this shell's HISTO_*)."""
+    from pipeline import settings
+
+    return {**settings.training_config({}), **overrides}
+
+
 def small_settings(**overrides) -> dict:
     """create_pipeline settings for a run of a few minutes on 2 cores."""
     from pipeline import configs
 
     settings = dict(
-        image_size=E2E_IMAGE_SIZE,
-        trainer_config={**configs.trainer_config(), **E2E_EPOCHS},
+        trainer_config={**configs.trainer_config(), **E2E_EPOCHS, "image_size": E2E_IMAGE_SIZE},
         **E2E_STEPS,
         min_auc=E2E_MIN_AUC,
         beam_pipeline_args=FAST_BEAM_ARGS,

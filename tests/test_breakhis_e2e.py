@@ -48,7 +48,6 @@ def breakhis_run(breakhis_sets, tmp_path_factory) -> dict:
     result = run_pipeline(
         data,
         output,
-        image_size=configs.IMAGE_SIZE,
         trainer_config=configs.trainer_config(),
         min_auc=configs.MIN_AUC,
     )

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import local_runner
 from components.shared import audit_set, model_io
-from histo_testlib import node_states
+from histo_testlib import node_states, trainer_config
 from modules.trainer import backbones
 from modules.trainer import grad_cam as cam
 from modules.trainer.model import build_classifier
@@ -165,7 +165,7 @@ def test_grad_cam_works_on_the_recipes_classifier_whose_head_is_shared():
 
     tf.keras.utils.set_random_seed(0)
     model, backbone = recipe.build(
-        trainer_module.hyperparameters({"image_size": SIZE, "weights": "random"})
+        trainer_module.hyperparameters(trainer_config(image_size=SIZE, weights="random"))
     )
     recipe.head_logits(model, np.zeros((1, model.get_layer("pool").output_shape[-1]), "float32"))
     result = cam.grad_cam(model, np.random.default_rng(0).random((2, SIZE, SIZE, 3)), "out_relu")

@@ -62,7 +62,7 @@ def _perturbed(model: tf.keras.Model) -> tf.keras.Model:
 def test_faithful_conversion_passes_the_gate(trained):
     model, images, labels = trained
     content, report = component.run_gate(
-        model, [images[:40], images[40:]], labels, max_auc_drop=0.01
+        model, [images[:40], images[40:]], labels, max_auc_loss=0.01
     )
     gate = report["parity"]
     assert gate["auc_savedmodel"] > 0.9, gate
@@ -80,11 +80,11 @@ def test_broken_conversion_is_blocked(trained):
         return convert.convert_dynamic_range(_perturbed(keras_model))
 
     _, report = component.run_gate(
-        model, [images], labels, max_auc_drop=0.01, converter=broken_converter
+        model, [images], labels, max_auc_loss=0.01, converter=broken_converter
     )
     gate = report["parity"]
     assert gate["parity_ok"] is False, gate
-    assert gate["auc_drop"] > 0.01 and "below" in gate["reason"]
+    assert gate["auc_loss"] > 0.01 and "below" in gate["reason"]
 
 
 def test_a_failing_conversion_fails_the_gate_not_the_run(trained):
@@ -94,7 +94,7 @@ def test_a_failing_conversion_fails_the_gate_not_the_run(trained):
         raise RuntimeError("op not supported")
 
     content, report = component.run_gate(
-        model, [images], labels, max_auc_drop=0.01, converter=crashing_converter
+        model, [images], labels, max_auc_loss=0.01, converter=crashing_converter
     )
     assert content == b""
     assert report["parity"]["parity_ok"] is False
@@ -113,7 +113,7 @@ def test_a_mixed_precision_model_is_converted_in_float32(trained):
     assert mixed.layers[1].compute_dtype == "float16"
     rebuilt = convert.float32_model(mixed)
     assert {layer.compute_dtype for layer in rebuilt.layers} == {"float32"}
-    _, report = component.run_gate(mixed, [images], labels, max_auc_drop=0.01)
+    _, report = component.run_gate(mixed, [images], labels, max_auc_loss=0.01)
     assert report["parity"]["parity_ok"] is True, report["parity"]
 
 
@@ -123,7 +123,7 @@ def test_auc_handles_ties_and_single_class():
     pairs = [(p, n) for p in scores[labels == 1] for n in scores[labels == 0]]
     expected = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs])
     assert roc_auc(labels, scores) == pytest.approx(expected)
-    one_class = parity.check(scores, scores, np.ones(5), max_auc_drop=0.01)
+    one_class = parity.check(scores, scores, np.ones(5), max_auc_loss=0.01)
     assert one_class.parity_ok is False and "both classes" in one_class.reason
 
 

@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from histo_testlib import trainer_config
 from modules import features, image_tiles
 from modules.trainer import data, recipe, trainer_module
 from modules.trainer.model import unfreeze_top
+from pipeline import settings
 
 SIZE = 32  # the smallest input MobileNetV2 accepts
 
@@ -85,7 +87,15 @@ def tiny_splits(root: str, n_train: int = 12, n_eval: int = 6) -> dict:
 
 def tiny_settings(**overrides) -> dict:
     return trainer_module.hyperparameters(
-        {"image_size": SIZE, "weights": "random", "batch_size": 4, "epochs_head": 5, **overrides}
+        trainer_config(
+            **{
+                "image_size": SIZE,
+                "weights": "random",
+                "batch_size": 4,
+                "epochs_head": 5,
+                **overrides,
+            }
+        )
     )
 
 
@@ -134,11 +144,21 @@ def _moving_statistics(model: tf.keras.Model) -> list[np.ndarray]:
 # --------------------------------------------------------------------------- settings
 
 
-def test_hyperparameters_fill_defaults_and_reject_unknown_keys():
-    hp = trainer_module.hyperparameters({"dropout": 0.5, "weights_cache_dir": "/tmp/w"})
-    assert hp["dropout"] == 0.5 and hp["learning_rate"] == trainer_module.DEFAULTS["learning_rate"]
-    with pytest.raises(ValueError, match=r"unknown trainer settings \['learning_rat'\]"):
-        trainer_module.hyperparameters({"learning_rat": 1e-3})
+def test_hyperparameters_need_every_recipe_setting_and_reject_unknown_keys():
+    config = trainer_config(dropout=0.5, code_version="abc")
+    hp = trainer_module.hyperparameters(config)
+    assert hp["dropout"] == 0.5 and "code_version" not in hp
+    with pytest.raises(ValueError, match=r"unknown \['learning_rat'\]"):
+        trainer_module.hyperparameters({**config, "learning_rat": 1e-3})
+    partial = {k: v for k, v in config.items() if k != "seed"}
+    with pytest.raises(ValueError, match=r"missing \['seed'\]"):
+        trainer_module.hyperparameters(partial)
+
+
+def test_the_settings_table_declares_exactly_the_recipes_settings():
+    """Each recipe setting has one declared default (pipeline/settings.py), none here."""
+    assert set(settings.training_config({})) == set(recipe.HYPERPARAMETERS)
+    assert not hasattr(trainer_module, "DEFAULTS")
 
 
 def test_class_weights_are_balanced():
@@ -343,7 +363,7 @@ def test_run_fn_is_the_recipe_then_the_export(monkeypatch, splits, tmp_path):
         transform_output="unused",
         serving_model_dir=str(tmp_path / "serving"),
         model_run_dir=str(tmp_path / "run"),
-        custom_config={"image_size": SIZE, "weights": "random"},
+        custom_config=trainer_config(image_size=SIZE, weights="random"),
         hyperparameters=None,
     )
     trainer_module.run_fn(fn_args)
@@ -399,7 +419,7 @@ def test_the_recipe_trains_and_fine_tunes_under_mirrored_strategy(weights_file, 
 
 
 def test_fine_tuning_tiles_are_kept_in_memory_only_within_the_budget():
-    hp = trainer_module.hyperparameters({"image_size": 224, "max_tiles": 12})
+    hp = trainer_module.hyperparameters(trainer_config(image_size=224, max_tiles=12))
     assert recipe.tile_cache_fits(500, hp)  # the shared BreakHis sets: 3.4 GiB at most
     assert not recipe.tile_cache_fits(10_000, hp)  # 67 GiB: decoded again each epoch
     assert not recipe.tile_cache_fits(None, hp)  # unknown size: never cached

@@ -16,7 +16,8 @@ from tfx.dsl.compiler import compiler
 from tfx.types import standard_artifacts, standard_component_specs
 
 import local_runner
-from modules.trainer import trainer_module
+from histo_testlib import trainer_config
+from modules.trainer import recipe, trainer_module
 from modules.tuner import tuner_module
 
 
@@ -27,10 +28,7 @@ def _fn_args(root: str, monkeypatch, **config) -> types.SimpleNamespace:
         tuner_module.tft, "TFTransformOutput", lambda path: TransformOutputStandIn()
     )
     custom_config = {
-        "image_size": SIZE,
-        "weights": "random",
-        "batch_size": 4,
-        "epochs_head": 3,
+        **trainer_config(image_size=SIZE, weights="random", batch_size=4, epochs_head=3),
         "max_trials": 1,
         **config,
     }
@@ -54,7 +52,7 @@ def test_tuner_fn_searches_the_head_regularisation(tmp_path, monkeypatch):
     assert tuner.oracle.objective.name == "val_auc" and tuner.oracle.objective.direction == "max"
     space = {hp.name: hp for hp in tuner.oracle.hyperparameters.space}
     assert set(space) == {"head_l2", "dropout"}
-    assert set(space) <= set(trainer_module.DEFAULTS)  # best values map 1:1 onto settings
+    assert set(space) <= set(recipe.HYPERPARAMETERS)  # best values map 1:1 onto settings
     assert tuple(space["head_l2"].values) == tuner_module.HEAD_L2_CHOICES
     assert tuple(space["dropout"].values) == tuner_module.DROPOUT_CHOICES
     fit = result.fit_kwargs
@@ -64,7 +62,7 @@ def test_tuner_fn_searches_the_head_regularisation(tmp_path, monkeypatch):
 
 
 def test_tuner_fn_rejects_unknown_settings(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="unknown trainer settings"):
+    with pytest.raises(ValueError, match=r"unknown \[.max_trails.\]"):
         tuner_module.tuner_fn(_fn_args(str(tmp_path), monkeypatch, max_trails=2))
 
 
@@ -106,8 +104,10 @@ def test_tuned_values_drop_keras_tuner_bookkeeping_and_keep_names_checked():
     assert trainer_module.tuned_values(None) == {}
     odd = keras_tuner.HyperParameters()
     odd.Fixed("drop_out", 0.4)
-    with pytest.raises(ValueError, match="unknown trainer settings"):
-        trainer_module.hyperparameters(trainer_module.tuned_values(odd.get_config()))
+    with pytest.raises(ValueError, match=r"unknown \['drop_out'\]"):
+        trainer_module.hyperparameters(
+            {**trainer_config(), **trainer_module.tuned_values(odd.get_config())}
+        )
 
 
 # --------------------------------------------------------------------------- pipeline

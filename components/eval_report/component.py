@@ -62,7 +62,7 @@ def write_report(
     model: Artifact,
     statistics: Artifact,
     examples: Artifact,
-    eval_split: str,
+    blessing_split: str,
     out: str,
     gallery: Artifact | None = None,
 ) -> dict:
@@ -76,7 +76,7 @@ def write_report(
         threshold=threshold,
         blessing=sources.blessing_facts(data, blessed),
         class_balance=sources.class_balance(statistics),
-        data_facts=sources.data_facts(examples, eval_split),
+        data_facts=sources.data_facts(examples, blessing_split),
         model_facts=sources.model_facts(model, metadata),
         evaluation_uri=evaluation.uri,
     )
@@ -96,11 +96,11 @@ def EvalReport(
     examples: InputArtifact[tfx.types.standard_artifacts.Examples],
     gallery: InputArtifact[grad_cam.GradCamGallery],
     report: OutputArtifact[EvaluationReport],
-    eval_split: Parameter[str] = features.TEST_SPLIT,
+    blessing_split: Parameter[str] = features.TEST_SPLIT,
 ) -> None:
     """Writes report.html (open it in a browser) and report.json next to it."""
     built = write_report(
-        evaluation, blessing, model, statistics, examples, eval_split, report.uri, gallery
+        evaluation, blessing, model, statistics, examples, blessing_split, report.uri, gallery
     )
     report.set_int_custom_property("blessed", int(built["blessing"]["blessed"]))
     report.set_string_custom_property("html", os.path.join(report.uri, HTML_FILE))

@@ -42,12 +42,12 @@ def _int_fact(artifact: types.Artifact, name: str) -> int | None:
     return getattr(artifact, name, None) if name in artifact.PROPERTIES else None
 
 
-def data_facts(examples: types.Artifact, eval_split: str) -> dict[str, Any]:
+def data_facts(examples: types.Artifact, blessing_split: str) -> dict[str, Any]:
     return {
         "span": _int_fact(examples, "span"),
         "version": _int_fact(examples, "version"),
         "examples_uri": examples.uri,
-        "evaluated_split": eval_split,
+        "evaluated_split": blessing_split,
     }
 
 

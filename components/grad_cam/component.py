@@ -22,9 +22,11 @@ from components.shared import audit_set, model_io
 from modules import features
 from modules.trainer import export
 from modules.trainer import grad_cam as cam
+from pipeline import settings
 
 GALLERY_FILE = "index.html"
 SUMMARY_FILE = "audit_set.json"
+DEFAULT_PER_CLASS: int = settings.default("HISTO_GRAD_CAM_PER_CLASS")
 
 
 class GradCamGallery(Artifact):
@@ -119,7 +121,7 @@ def GradCam(
     examples: InputArtifact[tfx.types.standard_artifacts.Examples],
     gallery: OutputArtifact[GradCamGallery],
     split: Parameter[str] = features.EVAL_SPLIT,
-    per_class: Parameter[int] = 4,
+    per_class: Parameter[int] = DEFAULT_PER_CLASS,
 ) -> None:
     """Heatmaps for ``per_class`` tiles of each class of ``split``, spread over patients."""
     summary = build_gallery(model.uri, examples, split, per_class, gallery.uri)

@@ -24,12 +24,15 @@ from components.shared import audit_set, model_io
 from components.tflite_export import convert, parity, runtime
 from modules import features
 from modules.trainer import export
+from pipeline import settings
 
 MODEL_FILE = "model.tflite"
 REPORT_FILE = "tflite_report.json"
 PUSH_FILE = "tflite_push.json"
 LATENCY_IMAGES = 20
 CHUNK = 32  # images decoded at a time, to bound memory at 224 px
+DEFAULT_MAX_IMAGES: int = settings.default("HISTO_TFLITE_MAX_IMAGES")
+DEFAULT_MAX_AUC_LOSS: float = settings.default("HISTO_TFLITE_MAX_AUC_LOSS")
 
 
 class TFLiteModel(Artifact):
@@ -57,7 +60,7 @@ def run_gate(
     batches: Iterable[np.ndarray],
     labels: np.ndarray,
     *,
-    max_auc_drop: float,
+    max_auc_loss: float,
     converter: convert.Converter = convert.convert_dynamic_range,
 ) -> tuple[bytes, dict]:
     """Converts ``model`` and compares it with the Keras model on the same float images.
@@ -77,8 +80,8 @@ def run_gate(
             positives=int(labels.sum()),
             auc_savedmodel=float("nan"),
             auc_tflite=float("nan"),
-            auc_drop=float("nan"),
-            max_auc_drop=float(max_auc_drop),
+            auc_loss=float("nan"),
+            max_auc_loss=float(max_auc_loss),
             max_abs_probability_diff=float("nan"),
             parity_ok=False,
             reason=reason,
@@ -98,7 +101,7 @@ def run_gate(
         sample.extend(batch[: LATENCY_IMAGES - len(sample)])
     reference_p = np.concatenate(reference) if reference else np.zeros(0)
     tflite_p = np.concatenate(tflite) if tflite else np.zeros(0)
-    gate = parity.check(reference_p, tflite_p, labels, max_auc_drop)
+    gate = parity.check(reference_p, tflite_p, labels, max_auc_loss)
     sample_array = np.stack(sample) if sample else np.zeros((0, 1, 1, 3), np.float32)
     report = {
         "quantization": convert.QUANTIZATION,
@@ -127,7 +130,7 @@ def export_tflite(
     examples: Artifact,
     splits: list[str],
     max_images: int,
-    max_auc_drop: float,
+    max_auc_loss: float,
     out: str,
     converter: convert.Converter = convert.convert_dynamic_range,
 ) -> dict:
@@ -149,7 +152,7 @@ def export_tflite(
     labels = np.repeat(np.array([tile.label for tile, _ in selected], dtype=int), counts)
     batches = (tiles for tiles, _ in tiled)
     content, report = run_gate(
-        model, batches, labels, max_auc_drop=max_auc_drop, converter=converter
+        model, batches, labels, max_auc_loss=max_auc_loss, converter=converter
     )
     report["splits"] = splits
     report["size_bytes"]["savedmodel"] = _dir_bytes(model_io.serving_dir(model_uri))
@@ -195,17 +198,17 @@ def TFLiteExport(
     examples: InputArtifact[tfx.types.standard_artifacts.Examples],
     tflite: OutputArtifact[TFLiteModel],
     splits: Parameter[str] = f"{features.EVAL_SPLIT},{features.TEST_SPLIT}",
-    max_images: Parameter[int] = 600,
-    max_auc_drop: Parameter[float] = 0.01,
+    max_images: Parameter[int] = DEFAULT_MAX_IMAGES,
+    max_auc_loss: Parameter[float] = DEFAULT_MAX_AUC_LOSS,
 ) -> None:
     """Converts the candidate and records parity_ok, sizes and latencies.
 
     ``splits``: comma-separated held-out splits for the parity check. Both held-out splits
     by default: on small data one swapped pair of images moves AUC by 1/(positives x
-    negatives), so more images make the 0.01 gate less noisy.
+    negatives), so more images make the parity gate less noisy.
     """
     names = [name.strip() for name in splits.split(",") if name.strip()]
-    report = export_tflite(model.uri, examples, names, max_images, max_auc_drop, tflite.uri)
+    report = export_tflite(model.uri, examples, names, max_images, max_auc_loss, tflite.uri)
     tflite.set_int_custom_property("parity_ok", int(report["parity"]["parity_ok"]))
     tflite.set_string_custom_property("parity_reason", report["parity"]["reason"])
 

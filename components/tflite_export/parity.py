@@ -1,4 +1,4 @@
-"""The parity gate: the TFLite model may lose at most ``max_auc_drop`` AUC on the same images.
+"""The parity gate: the TFLite model may lose at most ``max_auc_loss`` AUC on the same images.
 
 Both models see identical float inputs and both AUCs are computed by the same exact
 (rank-based) formula, so the difference measures the conversion alone, not preprocessing
@@ -22,15 +22,15 @@ class Parity:
     positives: int
     auc_savedmodel: float
     auc_tflite: float
-    auc_drop: float  # savedmodel - tflite; positive = TFLite is worse
-    max_auc_drop: float
+    auc_loss: float  # savedmodel - tflite; positive = TFLite is worse
+    max_auc_loss: float
     max_abs_probability_diff: float
     parity_ok: bool
     reason: str
 
 
 def check(
-    savedmodel: np.ndarray, tflite: np.ndarray, labels: np.ndarray, max_auc_drop: float
+    savedmodel: np.ndarray, tflite: np.ndarray, labels: np.ndarray, max_auc_loss: float
 ) -> Parity:
     """Passes when both classes are present and AUC(tflite) >= AUC(savedmodel) - max drop."""
     labels = np.asarray(labels).astype(int)
@@ -38,18 +38,18 @@ def check(
     drop = reference - candidate
     if np.isnan(reference) or np.isnan(candidate):
         ok, reason = False, "AUC undefined: the parity images must hold both classes"
-    elif drop > max_auc_drop + 1e-12:
+    elif drop > max_auc_loss + 1e-12:
         ok, reason = False, f"TFLite AUC {candidate:.4f} is {drop:.4f} below {reference:.4f}"
     else:
-        ok, reason = True, f"AUC drop {drop:+.4f} within {max_auc_drop}"
+        ok, reason = True, f"AUC loss {drop:+.4f} within {max_auc_loss}"
     diff = np.abs(np.asarray(savedmodel) - np.asarray(tflite))
     return Parity(
         images=int(len(labels)),
         positives=int(labels.sum()),
         auc_savedmodel=reference,
         auc_tflite=candidate,
-        auc_drop=float(drop),
-        max_auc_drop=float(max_auc_drop),
+        auc_loss=float(drop),
+        max_auc_loss=float(max_auc_loss),
         max_abs_probability_diff=float(diff.max()) if len(diff) else float("nan"),
         parity_ok=bool(ok),
         reason=reason,

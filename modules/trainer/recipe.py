@@ -37,6 +37,28 @@ from modules.trainer import backbones
 from modules.trainer.augment import augment
 from modules.trainer.model import build_classifier, freeze_backbone, unfreeze_top
 
+# The settings the recipe reads (its ``hp``), each declared with its default and meaning in
+# the pipeline's settings table (pipeline/settings.py, group training).
+HYPERPARAMETERS: tuple[str, ...] = (
+    "image_size",
+    "backbone",
+    "weights",
+    "weights_cache_dir",
+    "max_tiles",
+    "batch_size",
+    "head_batch_size",
+    "epochs_head",
+    "early_stopping_patience",
+    "epochs_fine_tune",
+    "learning_rate",
+    "fine_tune_learning_rate",
+    "fine_tune_fraction",
+    "dropout",
+    "head_l2",
+    "tile_cache_mb",
+    "threshold_rule",
+    "seed",
+)
 THRESHOLD_GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))
 TEMPERATURE_GRID = tuple(float(t) for t in np.exp(np.linspace(math.log(0.05), math.log(20), 241)))
 DEFAULT_THRESHOLD, DEFAULT_TEMPERATURE = 0.5, 1.0
@@ -351,7 +373,7 @@ def calibrate(
 def build(hp: dict[str, Any]) -> tuple[tf.keras.Model, backbones.Backbone]:
     """The tile classifier with its backbone frozen. Call inside the strategy scope."""
     backbone = backbones.build_backbone(
-        hp["backbone"], int(hp["image_size"]), hp["weights"], hp.get("weights_cache_dir")
+        hp["backbone"], int(hp["image_size"]), hp["weights"], hp["weights_cache_dir"] or None
     )
     model = build_classifier(
         backbone, int(hp["image_size"]), float(hp["dropout"]), float(hp["head_l2"])

@@ -20,38 +20,26 @@ from tfx import v1 as tfx
 from modules import features
 from modules.trainer import data, export, recipe
 
-DEFAULTS: dict[str, Any] = {
-    "backbone": "mobilenet_v2",
-    "weights": "auto",
-    "image_size": features.DEFAULT_IMAGE_SIZE,  # tile side, pixels
-    "max_tiles": 12,  # tiles per image at most (larger images are shrunk to fit)
-    "batch_size": 16,  # fine-tuning batch, tiles per replica
-    "head_batch_size": 32,  # head training batch, images (cached features)
-    "epochs_head": 200,  # head epochs on cached features (cheap), early-stopped
-    "epochs_fine_tune": 0,
-    "learning_rate": 3e-3,  # head
-    "fine_tune_learning_rate": 1e-4,
-    "fine_tune_fraction": 0.3,
-    "dropout": 0.2,
-    "head_l2": 0.02,
-    "early_stopping_patience": 30,  # head epochs without a better eval AUC
-    "tile_cache_mb": 4096,  # decoded fine-tuning tiles kept in memory up to this (recipe)
-    "threshold_rule": "balanced_prior",  # recipe.THRESHOLD_RULES; measured best (README)
-    "seed": 42,
-}
-
-
-# custom_config keys that are not training settings: where weights are cached, and the
-# pipeline's fingerprint of the module code (a cache key only, see pipeline.code_version).
-NOT_SETTINGS = ("weights_cache_dir", "code_version")
+# custom_config keys that are not training settings: the pipeline's fingerprint of the
+# module code (a cache key only, see pipeline.code_version).
+NOT_SETTINGS = ("code_version",)
 
 
 def hyperparameters(custom_config: dict[str, Any]) -> dict[str, Any]:
-    config = {k: v for k, v in (custom_config or {}).items() if k != "code_version"}
-    unknown = set(config) - set(DEFAULTS) - set(NOT_SETTINGS)
-    if unknown:
-        raise ValueError(f"unknown trainer settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **config}
+    """The recipe's settings from custom_config: every one of ``recipe.HYPERPARAMETERS``.
+
+    The values (and their defaults) come from the pipeline's settings table
+    (pipeline/settings.py); this module declares none, so nothing here can disagree.
+    """
+    config = {k: v for k, v in (custom_config or {}).items() if k not in NOT_SETTINGS}
+    unknown = set(config) - set(recipe.HYPERPARAMETERS)
+    missing = set(recipe.HYPERPARAMETERS) - set(config)
+    if unknown or missing:
+        raise ValueError(
+            f"trainer custom_config: unknown {sorted(unknown)}, missing {sorted(missing)}; "
+            f"expected {sorted(recipe.HYPERPARAMETERS)} (pipeline/settings.py)"
+        )
+    return config
 
 
 def tuned_values(tuned_config: dict[str, Any] | None) -> dict[str, Any]:

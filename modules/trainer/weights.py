@@ -46,7 +46,6 @@ PROBE_HOST = "storage.googleapis.com"
 PROBE_PORT = 443
 PROBE_TIMEOUT_S = 2.0
 
-CACHE_ENV_VAR = "HISTOPATH_TFX_WEIGHTS_CACHE"
 # Bump when a converter changes, so stale converted files are not reused.
 CONVERTER_VERSION = "v1"
 
@@ -205,9 +204,8 @@ OFFLINE_SOURCES: dict[str, OfflineSource] = {
 
 
 def default_cache_dir() -> Path:
-    """``$HISTOPATH_TFX_WEIGHTS_CACHE``, else ``$XDG_CACHE_HOME``/~/.cache ``/histopath-tfx``."""
-    if os.environ.get(CACHE_ENV_VAR):
-        return Path(os.environ[CACHE_ENV_VAR])
+    """``$XDG_CACHE_HOME``/~/.cache ``/histopath-tfx`` on the machine that trains (the
+    pipeline's HISTO_WEIGHTS_CACHE, passed as ``cache_dir``, overrides it)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(os.path.join("~", ".cache"))
     return Path(base) / "histopath-tfx"
 

@@ -18,11 +18,10 @@ from modules.trainer import data, recipe, trainer_module
 
 OBJECTIVE = keras_tuner.Objective("val_auc", direction="max")
 PROJECT_NAME = "histopath_tuning"
-DEFAULT_MAX_TRIALS = 4
 # Tuner-only keys in custom_config; everything else is a Trainer setting.
 TUNER_SETTINGS = ("max_trials",)
 
-# Names are Trainer settings (trainer_module.DEFAULTS), so best values override them 1:1.
+# Names are Trainer settings (recipe.HYPERPARAMETERS), so best values override them 1:1.
 HEAD_L2_CHOICES = (0.005, 0.01, 0.02, 0.05, 0.1)
 DROPOUT_CHOICES = (0.0, 0.1, 0.2, 0.3, 0.5)
 SEARCHED = ("head_l2", "dropout")
@@ -80,7 +79,7 @@ class RecipeHyperModel(keras_tuner.HyperModel):
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     """TFX Tuner entry point: a RandomSearch over ``search_space`` and the Trainer's inputs."""
     config = dict(fn_args.custom_config or {})
-    max_trials = int(config.pop("max_trials", DEFAULT_MAX_TRIALS))
+    max_trials = int(config.pop("max_trials"))  # HISTO_TUNER_TRIALS
     settings = trainer_module.hyperparameters(config)
     tf.keras.utils.set_random_seed(int(settings["seed"]))
     strategy = trainer_module.distribution_strategy()
