@@ -53,8 +53,18 @@ def first_run(demo_data, tmp_path_factory) -> dict:
     return {"output": output, "summary": run_pipeline(demo_data, output)}
 
 
+# Fixtures that run the real ``tfx`` CLI in a subprocess (tens of seconds each).
+CLI_FIXTURES = {"compiled", "scenario", "vertex_job"}
+
+
 def pytest_collection_modifyitems(items) -> None:
-    """Every test that needs a real pipeline run is an end-to-end test (``-m "not e2e"``)."""
+    """Every test that needs a real pipeline run is ``e2e``; one that needs a CLI run, ``slow``.
+
+    ``-m "not e2e and not slow"`` is the fast tier.
+    """
     for item in items:
-        if {"first_run", "demo_data"} & set(getattr(item, "fixturenames", ())):
+        used = set(getattr(item, "fixturenames", ()))
+        if {"first_run", "demo_data"} & used:
             item.add_marker(pytest.mark.e2e)
+        if CLI_FIXTURES & used:
+            item.add_marker(pytest.mark.slow)

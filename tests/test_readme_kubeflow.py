@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 
+import pytest
 from fake_kfp_server import FakeKfpServer
 
 from histo_testlib import REPO
@@ -19,6 +20,7 @@ def kubeflow_block() -> str:
     return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_kubeflow_commands_work_as_written(tmp_path):
     block = kubeflow_block()
     assert "tfx pipeline create" in block and "tfx run create" in block

@@ -43,7 +43,7 @@ RESOLVER_TASKS = {
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory) -> dict:
+def vertex_job(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("vertex_compile")
     env = cli_env(str(work / "home"), HISTO_KFP_OUTPUT_DIR=str(work), **SETTINGS_ENV)
     command = [os.path.join(BIN, "tfx"), "pipeline", "compile", "--engine", "vertex"]
@@ -63,9 +63,9 @@ def job(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def spec(job) -> pipeline_spec_pb2.PipelineSpec:
-    json_format.ParseDict(job, pipeline_spec_pb2.PipelineJob())  # the whole job, strictly
-    return json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
+def spec(vertex_job) -> pipeline_spec_pb2.PipelineSpec:
+    json_format.ParseDict(vertex_job, pipeline_spec_pb2.PipelineJob())  # the whole job, strictly
+    return json_format.ParseDict(vertex_job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
 
 
 def container(spec: pipeline_spec_pb2.PipelineSpec, task: str) -> dict:
@@ -74,11 +74,11 @@ def container(spec: pipeline_spec_pb2.PipelineSpec, task: str) -> dict:
     return executors[executor]["container"]
 
 
-def test_job_is_named_and_versioned(job, spec):
-    assert job["displayName"] == PIPELINE_NAME
+def test_job_is_named_and_versioned(vertex_job, spec):
+    assert vertex_job["displayName"] == PIPELINE_NAME
     assert spec.pipeline_info.name == PIPELINE_NAME
     assert spec.schema_version == "2.0.0" and spec.sdk_version == "tfx-1.15.1"
-    root = job["runtimeConfig"]["gcsOutputDirectory"]
+    root = vertex_job["runtimeConfig"]["gcsOutputDirectory"]
     assert root == f"gs://histo-vertex-bucket/tfx_pipeline_output/{PIPELINE_NAME}"
 
 
