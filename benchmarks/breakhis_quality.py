@@ -51,7 +51,8 @@ import tensorflow as tf
 
 from modules import image_tiles
 from modules.metrics import expected_calibration_error, operating_point, roc_auc
-from modules.trainer import recipe, trainer_module
+from modules.trainer import recipe
+from modules.trainer.hyperparameters import hyperparameters
 from pipeline import configs
 from preprocessing import layouts, patients
 
@@ -187,7 +188,7 @@ class FeatureBank:
 
     def network(self, backbone: str) -> tf.keras.Model:
         if backbone not in self._networks:
-            hp = trainer_module.hyperparameters({**configs.trainer_config(), "backbone": backbone})
+            hp = hyperparameters({**configs.trainer_config(), "backbone": backbone})
             model, _ = recipe.build(hp)
             self._networks[backbone] = recipe.features_model(model)
         return self._networks[backbone]
@@ -284,7 +285,7 @@ def arm_runner(arm: str, bank: FeatureBank, seed: int) -> Callable[[Fold, bool],
         return lambda fold, first: probe_scores(fold, lambda items: bank.tiles(default, items))
     settings = dict(ARM_SETTINGS[arm])
     views = not settings.pop("no_views", False)
-    hp = trainer_module.hyperparameters({**configs.trainer_config(), **settings, "seed": seed})
+    hp = hyperparameters({**configs.trainer_config(), **settings, "seed": seed})
     fine_tuned = int(hp["epochs_fine_tune"]) > 0
     cache = None if fine_tuned else bank.cache(hp["backbone"], views)
 

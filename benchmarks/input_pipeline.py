@@ -38,7 +38,8 @@ from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 from demo.generate import generate
 from modules import features, image_tiles
-from modules.trainer import data, recipe, trainer_module
+from modules.trainer import data, recipe
+from modules.trainer.hyperparameters import hyperparameters
 from modules.trainer.model import unfreeze_top
 from modules.transform.transform_module import preprocessing_fn
 from pipeline import configs
@@ -172,7 +173,7 @@ def benchmark_size(images: str, work: str, size: int, args: argparse.Namespace) 
     )
     transform_seconds = time.perf_counter() - started
 
-    hp = trainer_module.hyperparameters(
+    hp = hyperparameters(
         {
             **configs.trainer_config(),
             "image_size": size,

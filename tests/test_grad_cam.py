@@ -161,11 +161,12 @@ def test_grad_cam_ran_in_the_pipeline_and_wrote_its_gallery(first_run, demo_data
 def test_grad_cam_works_on_the_recipes_classifier_whose_head_is_shared():
     """The recipe trains the head as a model of its own (shared layers); Grad-CAM must still
     find the head chain of the tile classifier."""
-    from modules.trainer import recipe, trainer_module
+    from modules.trainer import recipe
+    from modules.trainer.hyperparameters import hyperparameters
 
     tf.keras.utils.set_random_seed(0)
     model, backbone = recipe.build(
-        trainer_module.hyperparameters(trainer_config(image_size=SIZE, weights="random"))
+        hyperparameters(trainer_config(image_size=SIZE, weights="random"))
     )
     recipe.head_logits(model, np.zeros((1, model.get_layer("pool").output_shape[-1]), "float32"))
     result = cam.grad_cam(model, np.random.default_rng(0).random((2, SIZE, SIZE, 3)), "out_relu")

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from histo_testlib import trainer_config
 from modules import features, image_tiles
-from modules.trainer import data, recipe, trainer_module
+from modules.trainer import data, devices, hyperparameters, recipe, trainer_module
 from modules.trainer.model import unfreeze_top
 from pipeline import settings
 
@@ -86,7 +86,7 @@ def tiny_splits(root: str, n_train: int = 12, n_eval: int = 6) -> dict:
 
 
 def tiny_settings(**overrides) -> dict:
-    return trainer_module.hyperparameters(
+    return hyperparameters.hyperparameters(
         trainer_config(
             **{
                 "image_size": SIZE,
@@ -146,13 +146,13 @@ def _moving_statistics(model: tf.keras.Model) -> list[np.ndarray]:
 
 def test_hyperparameters_need_every_recipe_setting_and_reject_unknown_keys():
     config = trainer_config(dropout=0.5, code_version="abc")
-    hp = trainer_module.hyperparameters(config)
+    hp = hyperparameters.hyperparameters(config)
     assert hp["dropout"] == 0.5 and "code_version" not in hp
     with pytest.raises(ValueError, match=r"unknown \['learning_rat'\]"):
-        trainer_module.hyperparameters({**config, "learning_rat": 1e-3})
+        hyperparameters.hyperparameters({**config, "learning_rat": 1e-3})
     partial = {k: v for k, v in config.items() if k != "seed"}
     with pytest.raises(ValueError, match=r"missing \['seed'\]"):
-        trainer_module.hyperparameters(partial)
+        hyperparameters.hyperparameters(partial)
 
 
 def test_the_settings_table_declares_exactly_the_recipes_settings():
@@ -169,16 +169,16 @@ def test_class_weights_are_balanced():
 
 
 def test_global_batch_size_scales_with_replicas():
-    assert trainer_module.global_batch_size(16, 1) == 16
-    assert trainer_module.global_batch_size(16, 4) == 64
-    assert trainer_module.global_batch_size(16, 0) == 16
+    assert devices.global_batch_size(16, 1) == 16
+    assert devices.global_batch_size(16, 4) == 64
+    assert devices.global_batch_size(16, 0) == 16
 
 
 def test_fine_tune_steps_keep_all_epochs_within_train_steps():
     hp = tiny_settings(batch_size=4, epochs_fine_tune=3)
-    assert trainer_module.fine_tune_steps(10, hp, 1, None) == 15  # 60 tiles / 4
-    assert trainer_module.fine_tune_steps(10, hp, 1, 9) == 3  # 9 steps over 3 epochs
-    assert trainer_module.fine_tune_steps(10, hp, 2, None) == 8  # global batch 8
+    assert devices.fine_tune_steps(10, hp, 1, None) == 15  # 60 tiles / 4
+    assert devices.fine_tune_steps(10, hp, 1, 9) == 3  # 9 steps over 3 epochs
+    assert devices.fine_tune_steps(10, hp, 2, None) == 8  # global batch 8
 
 
 # --------------------------------------------------------------------------- tiles
@@ -378,7 +378,7 @@ def test_run_fn_is_the_recipe_then_the_export(monkeypatch, splits, tmp_path):
 
 def test_cpu_gets_the_default_strategy_and_float32(restore_policy):
     assert not tf.config.list_physical_devices("GPU")
-    strategy = trainer_module.distribution_strategy()
+    strategy = devices.distribution_strategy()
     assert strategy is tf.distribute.get_strategy()
     assert strategy.num_replicas_in_sync == 1
     assert tf.keras.mixed_precision.global_policy().name == "float32"
@@ -392,7 +392,7 @@ def test_a_gpu_gets_mirrored_strategy_and_mixed_precision(monkeypatch, restore_p
         "list_physical_devices",
         lambda device_type=None: [fake_gpu] if device_type == "GPU" else real(device_type),
     )
-    strategy = trainer_module.distribution_strategy()
+    strategy = devices.distribution_strategy()
     assert isinstance(strategy, tf.distribute.MirroredStrategy)
     assert tf.keras.mixed_precision.global_policy().name == "mixed_float16"
     # The head still answers in float32: a float16 sigmoid saturates.
@@ -419,7 +419,7 @@ def test_the_recipe_trains_and_fine_tunes_under_mirrored_strategy(weights_file, 
 
 
 def test_fine_tuning_tiles_are_kept_in_memory_only_within_the_budget():
-    hp = trainer_module.hyperparameters(trainer_config(image_size=224, max_tiles=12))
+    hp = hyperparameters.hyperparameters(trainer_config(image_size=224, max_tiles=12))
     assert recipe.tile_cache_fits(500, hp)  # the shared BreakHis sets: 3.4 GiB at most
     assert not recipe.tile_cache_fits(10_000, hp)  # 67 GiB: decoded again each epoch
     assert not recipe.tile_cache_fits(None, hp)  # unknown size: never cached

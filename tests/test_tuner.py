@@ -17,7 +17,7 @@ from tfx.types import standard_artifacts, standard_component_specs
 
 import local_runner
 from histo_testlib import trainer_config
-from modules.trainer import recipe, trainer_module
+from modules.trainer import hyperparameters, recipe
 from modules.tuner import tuner_module
 
 
@@ -89,10 +89,10 @@ def test_one_trial_hands_its_values_to_the_trainer(tmp_path, monkeypatch):
     with open(os.path.join(best.uri, written)) as f:
         config = json.load(f)
 
-    tuned = trainer_module.tuned_values(config)
+    tuned = hyperparameters.tuned_values(config)
     assert tuned == trials[0].hyperparameters.values
     custom = {k: v for k, v in fn_args.custom_config.items() if k != "max_trials"}
-    hp = trainer_module.hyperparameters({**custom, **tuned})
+    hp = hyperparameters.hyperparameters({**custom, **tuned})
     assert {k: hp[k] for k in tuned} == tuned
 
 
@@ -100,13 +100,13 @@ def test_tuned_values_drop_keras_tuner_bookkeeping_and_keep_names_checked():
     hp = keras_tuner.HyperParameters()
     hp.Fixed("dropout", 0.4)
     hp.Fixed("tuner/epochs", 3)
-    assert trainer_module.tuned_values(hp.get_config()) == {"dropout": 0.4}
-    assert trainer_module.tuned_values(None) == {}
+    assert hyperparameters.tuned_values(hp.get_config()) == {"dropout": 0.4}
+    assert hyperparameters.tuned_values(None) == {}
     odd = keras_tuner.HyperParameters()
     odd.Fixed("drop_out", 0.4)
     with pytest.raises(ValueError, match=r"unknown \['drop_out'\]"):
-        trainer_module.hyperparameters(
-            {**trainer_config(), **trainer_module.tuned_values(odd.get_config())}
+        hyperparameters.hyperparameters(
+            {**trainer_config(), **hyperparameters.tuned_values(odd.get_config())}
         )
 
 

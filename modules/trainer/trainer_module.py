@@ -8,80 +8,19 @@ MirroredStrategy and mixed precision; on a laptop it runs on the CPU.
 
 import json
 import logging
-import math
 import os
-from typing import Any
 
-import keras_tuner
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
 
 from modules import features
-from modules.trainer import data, export, recipe
-
-# custom_config keys that are not training settings: the pipeline's fingerprint of the
-# module code (a cache key only, see pipeline.code_version).
-NOT_SETTINGS = ("code_version",)
-
-
-def hyperparameters(custom_config: dict[str, Any]) -> dict[str, Any]:
-    """The recipe's settings from custom_config: every one of ``recipe.HYPERPARAMETERS``.
-
-    The values (and their defaults) come from the pipeline's settings table
-    (pipeline/settings.py); this module declares none, so nothing here can disagree.
-    """
-    config = {k: v for k, v in (custom_config or {}).items() if k not in NOT_SETTINGS}
-    unknown = set(config) - set(recipe.HYPERPARAMETERS)
-    missing = set(recipe.HYPERPARAMETERS) - set(config)
-    if unknown or missing:
-        raise ValueError(
-            f"trainer custom_config: unknown {sorted(unknown)}, missing {sorted(missing)}; "
-            f"expected {sorted(recipe.HYPERPARAMETERS)} (pipeline/settings.py)"
-        )
-    return config
-
-
-def tuned_values(tuned_config: dict[str, Any] | None) -> dict[str, Any]:
-    """The Tuner's best values from its ``HyperParameters`` config (``fn_args.hyperparameters``).
-
-    They override custom_config; keras_tuner's own bookkeeping entries ("tuner/...") are
-    dropped, anything else must be a trainer setting (``hyperparameters`` checks).
-    """
-    if not tuned_config:
-        return {}
-    values = keras_tuner.HyperParameters.from_config(tuned_config).values
-    return {k: v for k, v in values.items() if not k.startswith("tuner/")}
-
-
-def global_batch_size(per_replica: int, replicas: int) -> int:
-    """Each replica keeps the configured batch, so the global batch grows with replicas."""
-    return int(per_replica) * max(1, int(replicas))
-
-
-def distribution_strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy across local GPUs (mixed precision on), the default strategy on CPU."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        tf.keras.mixed_precision.set_global_policy("mixed_float16")
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+from modules.trainer import data, devices, export, recipe
+from modules.trainer.hyperparameters import hyperparameters, tuned_values
 
 
 def _callbacks(run_dir: str, phase: str) -> list[tf.keras.callbacks.Callback]:
     return [tf.keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, phase))]
-
-
-def fine_tune_steps(
-    n_train: int, hp: dict[str, Any], replicas: int, train_steps: int | None
-) -> int:
-    """Steps per fine-tuning epoch: one pass over the training tiles, capped so that all
-    epochs stay within ``train_steps`` (TFX passes None when num_steps is unset)."""
-    tiles_per_image = 6  # BreakHis-sized images; the cap below is what matters
-    steps = math.ceil(n_train * tiles_per_image / global_batch_size(hp["batch_size"], replicas))
-    if train_steps and int(hp["epochs_fine_tune"]) > 0:
-        steps = min(steps, train_steps // int(hp["epochs_fine_tune"]))
-    return max(1, steps)
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
@@ -89,7 +28,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     hp = hyperparameters({**(fn_args.custom_config or {}), **tuned_values(fn_args.hyperparameters)})
     tf.keras.utils.set_random_seed(int(hp["seed"]))
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    strategy = distribution_strategy()
+    strategy = devices.distribution_strategy()
     train_counts = data.count_labels(fn_args.train_files, tf_transform_output)
     eval_counts = data.count_labels(fn_args.eval_files, tf_transform_output)
     logging.info("train images per class %s, eval %s", train_counts, eval_counts)
@@ -99,7 +38,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         lambda: data.image_dataset(fn_args.eval_files, tf_transform_output),
         hp,
         lambda phase: _callbacks(fn_args.model_run_dir, phase),
-        fine_tune_steps(sum(train_counts), hp, strategy.num_replicas_in_sync, fn_args.train_steps),
+        devices.fine_tune_steps(
+            sum(train_counts), hp, strategy.num_replicas_in_sync, fn_args.train_steps
+        ),
         strategy,
     )
     backbone = trained.backbone

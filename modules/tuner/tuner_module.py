@@ -4,7 +4,7 @@ The recipe (``modules/trainer/recipe``) trains a linear head on cached frozen fe
 what is worth searching is how strongly it is regularised: the L2 weight and the dropout.
 Each trial trains with the Trainer's own ``recipe.train`` on the Trainer's own datasets and
 is scored by the eval split's best image-level AUC, so the best values carry over unchanged:
-the Trainer reads them from ``fn_args.hyperparameters`` (``trainer_module.tuned_values``).
+the Trainer reads them from ``fn_args.hyperparameters`` (``hyperparameters.tuned_values``).
 """
 
 from typing import Any
@@ -14,7 +14,8 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
 
-from modules.trainer import data, recipe, trainer_module
+from modules.trainer import data, devices, recipe
+from modules.trainer.hyperparameters import hyperparameters
 
 OBJECTIVE = keras_tuner.Objective("val_auc", direction="max")
 PROJECT_NAME = "histopath_tuning"
@@ -45,7 +46,7 @@ class RecipeHyperModel(keras_tuner.HyperModel):
         self._built: dict[int, Any] = {}
 
     def trial_settings(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
-        return trainer_module.hyperparameters({**self.settings, **{k: hp.get(k) for k in SEARCHED}})
+        return hyperparameters({**self.settings, **{k: hp.get(k) for k in SEARCHED}})
 
     def build(self, hp: keras_tuner.HyperParameters) -> tf.keras.Model:
         with self.strategy.scope():
@@ -80,9 +81,9 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     """TFX Tuner entry point: a RandomSearch over ``search_space`` and the Trainer's inputs."""
     config = dict(fn_args.custom_config or {})
     max_trials = int(config.pop("max_trials"))  # HISTO_TUNER_TRIALS
-    settings = trainer_module.hyperparameters(config)
+    settings = hyperparameters(config)
     tf.keras.utils.set_random_seed(int(settings["seed"]))
-    strategy = trainer_module.distribution_strategy()
+    strategy = devices.distribution_strategy()
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     tuner = keras_tuner.RandomSearch(
         RecipeHyperModel(settings, strategy),
