@@ -22,6 +22,9 @@ Arms (``--arms``):
 - ``threshold-<rule>``: the recipe with another operating-threshold rule
   (``recipe.THRESHOLD_RULES``); the AUCs are the recipe's, the operating point differs.
 - ``fine-tune``: the recipe plus two fine-tuning epochs of the backbone's top (slow on CPU).
+- ``recipe-stain-jitter``: the recipe whose training images each come with two copies
+  jittered in HED space (Tellez et al. 2018: each stain's density scaled by U(0.9, 1.1) and
+  shifted by U(-0.01, 0.01)); validation and test images are not touched (variant).
 Frozen features are computed once per backbone and image (a cache keyed by the image's
 digest, passed to ``recipe.train``); the recipe's scores of the first test fold are
 checked against the exported graph's own path (``recipe.image_logit``).
@@ -44,6 +47,7 @@ import os
 import random
 import statistics
 import time
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -69,6 +73,7 @@ ARM_SETTINGS: dict[str, dict] = {
     "threshold-eval-bal-acc": {"threshold_rule": "eval_balanced_accuracy"},
     "threshold-eval-sens": {"threshold_rule": "eval_sensitivity"},
     "fine-tune": {"epochs_fine_tune": 2},
+    "recipe-stain-jitter": {"stain_copies": 2},
 }
 ARMS = ("probe", "probe-tiles", *ARM_SETTINGS)
 FULL_ARMS = ("probe", "probe-tiles", "recipe", "recipe-densenet121")
@@ -263,6 +268,44 @@ def recipe_scores(fold: Fold, hp: dict, cache: dict, check_graph: bool) -> Score
     )
 
 
+STAIN_SCALE, STAIN_SHIFT = 0.1, 0.01
+_jittered: dict[tuple[str, int], Item] = {}
+
+
+def stain_jittered(item: Item, copy: int) -> Item:
+    """A copy of ``item`` whose H, E and DAB densities are scaled and shifted (HED jitter),
+    the same for a given image and copy in every fold and seed (so its features cache)."""
+    import io
+
+    from PIL import Image
+    from skimage.color import hed2rgb, rgb2hed
+
+    key = (item.path, copy)
+    if key not in _jittered:
+        rng = np.random.default_rng(zlib.crc32(f"{item.path}#{copy}".encode()))
+        rgb = np.asarray(Image.open(io.BytesIO(item.data)).convert("RGB"), np.float64) / 255
+        hed = rgb2hed(rgb)
+        hed = hed * rng.uniform(1 - STAIN_SCALE, 1 + STAIN_SCALE, 3)
+        hed = hed + rng.uniform(-STAIN_SHIFT, STAIN_SHIFT, 3)
+        out = (np.clip(hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(out).save(buffer, format="PNG")
+        _jittered[key] = Item(
+            f"{item.path}#stain{copy}", buffer.getvalue(), item.label, item.patient
+        )
+    return _jittered[key]
+
+
+def with_stain_copies(function: Callable, copies: int) -> Callable:
+    """``function(fold, first)`` with ``copies`` HED-jittered copies of each training image."""
+
+    def run(fold: Fold, first: bool) -> Scores:
+        extra = [stain_jittered(i, c) for i in fold.train for c in range(copies)]
+        return function(dataclasses.replace(fold, train=fold.train + extra), first)
+
+    return run
+
+
 def no_views(function: Callable) -> Callable:
     """``image_tiles.views`` replaced by the identity while ``function`` runs (a variant)."""
 
@@ -285,6 +328,7 @@ def arm_runner(arm: str, bank: FeatureBank, seed: int) -> Callable[[Fold, bool],
         return lambda fold, first: probe_scores(fold, lambda items: bank.tiles(default, items))
     settings = dict(ARM_SETTINGS[arm])
     views = not settings.pop("no_views", False)
+    stain_copies = int(settings.pop("stain_copies", 0))
     hp = hyperparameters({**configs.trainer_config(), **settings, "seed": seed})
     fine_tuned = int(hp["epochs_fine_tune"]) > 0
     cache = None if fine_tuned else bank.cache(hp["backbone"], views)
@@ -292,6 +336,8 @@ def arm_runner(arm: str, bank: FeatureBank, seed: int) -> Callable[[Fold, bool],
     def run(fold: Fold, first: bool) -> Scores:
         return recipe_scores(fold, hp, cache, first)
 
+    if stain_copies:
+        run = with_stain_copies(run, stain_copies)
     return run if views else no_views(run)
 
 
