@@ -25,6 +25,7 @@ Arms (``--arms``):
 - ``recipe-stain-jitter``: the recipe whose training images each come with two copies
   jittered in HED space (Tellez et al. 2018: each stain's density scaled by U(0.9, 1.1) and
   shifted by U(-0.01, 0.01)); validation and test images are not touched (variant).
+- ``recipe-label-smoothing``: the recipe with label smoothing 0.1 in the head's loss.
 Frozen features are computed once per backbone and image (a cache keyed by the image's
 digest, passed to ``recipe.train``); the recipe's scores of the first test fold are
 checked against the exported graph's own path (``recipe.image_logit``).
@@ -74,6 +75,7 @@ ARM_SETTINGS: dict[str, dict] = {
     "threshold-eval-sens": {"threshold_rule": "eval_sensitivity"},
     "fine-tune": {"epochs_fine_tune": 2},
     "recipe-stain-jitter": {"stain_copies": 2},
+    "recipe-label-smoothing": {"label_smoothing": 0.1},
 }
 ARMS = ("probe", "probe-tiles", *ARM_SETTINGS)
 FULL_ARMS = ("probe", "probe-tiles", "recipe", "recipe-densenet121")

@@ -127,6 +127,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("HISTO_DROPOUT", "training", float, 0.2, "dropout before the head", "fraction",
       "dropout"),
     S("HISTO_HEAD_L2", "training", float, 0.02, "L2 weight of the head", "", "head_l2"),
+    S("HISTO_LABEL_SMOOTHING", "training", float, 0.0,
+      "label smoothing of the head's loss (0: hard labels)", "fraction", "label_smoothing"),
     S("HISTO_TILE_CACHE_MB", "training", int, 4096,
       "decoded fine-tuning tiles kept in memory up to this", "MB", "tile_cache_mb"),
     S("HISTO_THRESHOLD_RULE", "training", str, "balanced_prior",

@@ -289,6 +289,42 @@ def test_calibrate_falls_back_to_defaults_on_one_class():
     assert (calibration.temperature, calibration.threshold) == (1.0, 0.5)
 
 
+def _head_only_classifier(width: int) -> tf.keras.Model:
+    """The classifier's head layers (names as recipe._head reads them) on a 1x1 feature map."""
+    inputs = tf.keras.Input((1, 1, width))
+    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(inputs)
+    x = tf.keras.layers.Normalization(name="feature_norm")(x)
+    x = tf.keras.layers.Dropout(0.0, name="head_dropout")(x)
+    x = tf.keras.layers.Dense(1, name="malignant_logit")(x)
+    return tf.keras.Model(inputs, x)
+
+
+def _head_settings(**overrides) -> dict:
+    hp = {"learning_rate": 0.05, "early_stopping_patience": 5, "head_batch_size": 16}
+    return {**hp, "label_smoothing": 0.0, **overrides}
+
+
+def test_label_smoothing_keeps_the_head_from_pushing_logits_to_extremes():
+    """On separable features hard labels drive the logits outward for as long as training
+    runs; with smoothing e the loss is least at |logit| = log((1 - e/2) / (e/2))."""
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 32)
+    train = rng.normal(0.0, 1.0, (64, 4)).astype(np.float32)
+    train[:, 0] += np.where(labels == 1, 4.0, -4.0)  # separable on channel 0
+    spread = {}
+    for smoothing in (0.0, 0.4):
+        tf.keras.utils.set_random_seed(0)
+        model = _head_only_classifier(4)
+        hp = _head_settings(epochs_head=150, early_stopping_patience=150)
+        recipe.fit_head(
+            model, (train, labels), (train, labels), {**hp, "label_smoothing": smoothing}, []
+        )
+        spread[smoothing] = float(np.abs(recipe.head_logits(model, train)).mean())
+    optimum = float(np.log((1 - 0.2) / 0.2))  # 1.39 for e = 0.4
+    assert spread[0.4] < 1.5 * optimum
+    assert spread[0.0] > 2 * spread[0.4]
+
+
 def test_a_channel_constant_in_training_cannot_swamp_the_logit():
     """A ReLU channel dead on every training image (common on small or synthetic sets) must
     not get a weight of 1/epsilon: later activations there would decide every prediction."""
@@ -296,14 +332,8 @@ def test_a_channel_constant_in_training_cannot_swamp_the_logit():
     train = rng.normal(1.0, 0.3, (64, 8)).astype(np.float32)
     train[:, 0] = 0.0  # dead on the training split
     labels = (train[:, 1] > 1.0).astype(int)
-    inputs = tf.keras.Input((1, 1, 8))
-    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(inputs)
-    x = tf.keras.layers.Normalization(name="feature_norm")(x)
-    x = tf.keras.layers.Dropout(0.0, name="head_dropout")(x)
-    x = tf.keras.layers.Dense(1, name="malignant_logit")(x)
-    model = tf.keras.Model(inputs, x)
-    hp = {"learning_rate": 0.05, "early_stopping_patience": 5, "head_batch_size": 16}
-    recipe.fit_head(model, (train, labels), (train, labels), {**hp, "epochs_head": 20}, [])
+    model = _head_only_classifier(8)
+    recipe.fit_head(model, (train, labels), (train, labels), _head_settings(epochs_head=20), [])
     probe = train[:4].copy()
     moved = probe.copy()
     moved[:, 0] = 0.01  # a small activation, a few % of a typical feature's spread

@@ -55,6 +55,7 @@ HYPERPARAMETERS: tuple[str, ...] = (
     "fine_tune_fraction",
     "dropout",
     "head_l2",
+    "label_smoothing",
     "tile_cache_mb",
     "threshold_rule",
     "seed",
@@ -216,7 +217,9 @@ def fit_head(
         head = _head(model)
         head.compile(
             optimizer=tf.keras.optimizers.Adam(float(hp["learning_rate"])),
-            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+            loss=tf.keras.losses.BinaryCrossentropy(
+                from_logits=True, label_smoothing=float(hp["label_smoothing"])
+            ),
         )
     watch = [
         _ValidationAuc(*evaluation),
@@ -288,7 +291,7 @@ def fine_tune(
     logging.info("fine-tuning %d backbone layers", trainable)
     model.compile(
         optimizer=tf.keras.optimizers.Adam(float(hp["fine_tune_learning_rate"])),
-        loss=tf.keras.losses.BinaryCrossentropy(),
+        loss=tf.keras.losses.BinaryCrossentropy(label_smoothing=float(hp["label_smoothing"])),
     )
     history = model.fit(
         tile_dataset(images(), hp, int(hp["seed"]), n_images),
