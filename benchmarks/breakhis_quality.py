@@ -25,7 +25,7 @@ Arms (``--arms``):
 - ``recipe-stain-jitter``: the recipe whose training images each come with two copies
   jittered in HED space (Tellez et al. 2018: each stain's density scaled by U(0.9, 1.1) and
   shifted by U(-0.01, 0.01)); validation and test images are not touched (variant).
-- ``recipe-label-smoothing``: the recipe with label smoothing 0.1 in the head's loss.
+- ``recipe-label-smoothing``: the recipe with label smoothing 0.1 (``HISTO_LABEL_SMOOTHING``).
 Frozen features are computed once per backbone and image (a cache keyed by the image's
 digest, passed to ``recipe.train``); the recipe's scores of the first test fold are
 checked against the exported graph's own path (``recipe.image_logit``).

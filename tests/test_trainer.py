@@ -311,18 +311,17 @@ def test_label_smoothing_keeps_the_head_from_pushing_logits_to_extremes():
     labels = np.repeat([0, 1], 32)
     train = rng.normal(0.0, 1.0, (64, 4)).astype(np.float32)
     train[:, 0] += np.where(labels == 1, 4.0, -4.0)  # separable on channel 0
+    smoothed = 0.4
     spread = {}
-    for smoothing in (0.0, 0.4):
+    for smoothing in (0.0, smoothed):
         tf.keras.utils.set_random_seed(0)
         model = _head_only_classifier(4)
-        hp = _head_settings(epochs_head=150, early_stopping_patience=150)
-        recipe.fit_head(
-            model, (train, labels), (train, labels), {**hp, "label_smoothing": smoothing}, []
-        )
+        hp = _head_settings(epochs_head=150, early_stopping_patience=150, label_smoothing=smoothing)
+        recipe.fit_head(model, (train, labels), (train, labels), hp, [])
         spread[smoothing] = float(np.abs(recipe.head_logits(model, train)).mean())
-    optimum = float(np.log((1 - 0.2) / 0.2))  # 1.39 for e = 0.4
-    assert spread[0.4] < 1.5 * optimum
-    assert spread[0.0] > 2 * spread[0.4]
+    optimum = float(np.log((1 - smoothed / 2) / (smoothed / 2)))  # 1.39 for e = 0.4
+    assert spread[smoothed] < 1.5 * optimum
+    assert spread[0.0] > 2 * spread[smoothed]
 
 
 def test_a_channel_constant_in_training_cannot_swamp_the_logit():
