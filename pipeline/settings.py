@@ -130,6 +130,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("HISTO_LABEL_SMOOTHING", "training", float, 0.0,
       "label smoothing of the training loss, head and fine-tuning (0: hard labels)",
       "fraction", "label_smoothing"),
+    S("HISTO_HEAD_REFIT", "training", bool, False,
+      "after early stopping and calibration on the eval split, train the head again on "
+      "train + eval for the epochs early stopping chose", "", "head_refit"),
     S("HISTO_TILE_CACHE_MB", "training", int, 4096,
       "decoded fine-tuning tiles kept in memory up to this", "MB", "tile_cache_mb"),
     S("HISTO_THRESHOLD_RULE", "training", str, "balanced_prior",

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from histo_testlib import trainer_config
 from modules import features, image_tiles
+from modules.metrics import roc_auc
 from modules.trainer import data, devices, hyperparameters, recipe, trainer_module
 from modules.trainer.model import unfreeze_top
 from pipeline import settings
@@ -324,6 +325,38 @@ def test_label_smoothing_keeps_the_head_from_pushing_logits_to_extremes():
     assert spread[0.0] > 2 * spread[smoothed]
 
 
+def test_best_epochs_is_the_epoch_early_stopping_kept():
+    assert recipe.best_epochs({"val_auc": [0.6, 0.8, 0.7, 0.8]}) == 2
+    assert recipe.best_epochs({"loss": [1.0]}) == 1  # no eval AUC recorded: the first
+
+
+def test_the_refitted_head_learns_from_the_eval_images_too():
+    """Only the eval images show that channel 1 matters: the head fitted on train alone
+    cannot rank them, the head refitted on train + eval can, from its initial weights."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 32)
+    sign = np.where(labels == 1, 1.0, -1.0)
+    train = rng.normal(0.0, 1.0, (64, 4)).astype(np.float32)
+    train[:, 0] += 3 * sign  # train: channel 0 tells the classes apart, channel 1 is noise
+    evaluation = rng.normal(0.0, 1.0, (64, 4)).astype(np.float32)
+    evaluation[:, 1] += 3 * sign  # eval: channel 1 does, channel 0 is noise
+    tf.keras.utils.set_random_seed(0)
+    model = _head_only_classifier(4)
+    initial = model.get_layer("malignant_logit").get_weights()
+    hp = _head_settings(epochs_head=30, early_stopping_patience=30)
+    recipe.fit_head(model, (train, labels), (train, labels), hp, [])
+    before = roc_auc(labels.tolist(), recipe.head_logits(model, evaluation).tolist())
+    history = recipe.refit_head(model, initial, (train, labels), (evaluation, labels), 30, hp, [])
+    after = roc_auc(labels.tolist(), recipe.head_logits(model, evaluation).tolist())
+    assert len(history["loss"]) == 30  # exactly the epochs asked for: no early stopping
+    assert before < 0.75 < 0.95 < after
+    assert roc_auc(labels.tolist(), recipe.head_logits(model, train).tolist()) > 0.95
+    norm = model.get_layer("feature_norm")  # standardised over train + eval
+    np.testing.assert_allclose(
+        norm.mean.numpy().reshape(-1), np.concatenate([train, evaluation]).mean(0), atol=1e-4
+    )
+
+
 def test_a_channel_constant_in_training_cannot_swamp_the_logit():
     """A ReLU channel dead on every training image (common on small or synthetic sets) must
     not get a weight of 1/epsilon: later activations there would decide every prediction."""
@@ -366,6 +399,25 @@ def test_the_recipe_trains_calibrates_and_scores_like_the_exported_graph(weights
         for image in splits["eval_images"]
     ]
     np.testing.assert_allclose(graph, trained.eval_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_with_head_refit_the_recipe_refits_for_the_kept_epochs(weights_file, splits):
+    """Calibration comes from the held-out head; then the head retrains on both splits."""
+    tf.keras.utils.set_random_seed(0)
+    hp = tiny_settings(
+        weights=weights_file, epochs_head=20, early_stopping_patience=3, head_refit=True
+    )
+    eval_images = pairs(splits["eval_images"], splits["eval_labels"])
+    trained = recipe.train(pairs(splits["train_images"], splits["train_labels"]), eval_images, hp)
+    kept = recipe.best_epochs(trained.history["head"])
+    assert len(trained.history["head_refit"]["loss"]) == kept
+    assert trained.calibration.fitted_on.endswith("head then refitted on train + eval")
+    tile_logit = recipe.logit_model(trained.model)
+    refitted = [
+        float(recipe.image_logit(tile_logit, tf.constant(image), SIZE, 12))
+        for image in splits["eval_images"]
+    ]  # the calibration's logits were the held-out head's, not the refitted one's
+    assert not np.allclose(refitted, trained.eval_logits, rtol=1e-3, atol=0.0)
 
 
 def test_run_fn_is_the_recipe_then_the_export(monkeypatch, splits, tmp_path):

@@ -56,6 +56,7 @@ HYPERPARAMETERS: tuple[str, ...] = (
     "dropout",
     "head_l2",
     "label_smoothing",
+    "head_refit",
     "tile_cache_mb",
     "threshold_rule",
     "seed",
@@ -200,17 +201,16 @@ def adapt_standardisation(norm: tf.keras.layers.Normalization, features: np.ndar
     norm.finalize_state()
 
 
-def fit_head(
+def _fit_head_epochs(
     model: tf.keras.Model,
     train: tuple[np.ndarray, np.ndarray],
-    evaluation: tuple[np.ndarray, np.ndarray],
     hp: dict[str, Any],
+    epochs: int,
     callbacks: list[tf.keras.callbacks.Callback],
-    strategy: tf.distribute.Strategy | None = None,
+    strategy: tf.distribute.Strategy | None,
 ) -> dict[str, list[float]]:
-    """Trains the head on cached features: mini-batches, class-balanced, early stopping.
-
-    Under the strategy the classifier was built in (its variables live there)."""
+    """The head on cached features: standardisation adapted to them, then mini-batches,
+    class-balanced, for up to ``epochs``. Under the strategy the classifier was built in."""
     x, y = train
     with (strategy or tf.distribute.get_strategy()).scope():
         adapt_standardisation(model.get_layer("feature_norm"), x)
@@ -221,6 +221,28 @@ def fit_head(
                 from_logits=True, label_smoothing=float(hp["label_smoothing"])
             ),
         )
+    history = head.fit(
+        x,
+        y.astype(np.float32),
+        batch_size=int(hp["head_batch_size"]),
+        epochs=epochs,
+        class_weight=class_weights(y),
+        shuffle=True,
+        verbose=0,
+        callbacks=list(callbacks),
+    )
+    return {k: [float(v) for v in values] for k, values in history.history.items()}
+
+
+def fit_head(
+    model: tf.keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    evaluation: tuple[np.ndarray, np.ndarray],
+    hp: dict[str, Any],
+    callbacks: list[tf.keras.callbacks.Callback],
+    strategy: tf.distribute.Strategy | None = None,
+) -> dict[str, list[float]]:
+    """Trains the head on cached features with early stopping on the eval split's AUC."""
     watch = [
         _ValidationAuc(*evaluation),
         tf.keras.callbacks.EarlyStopping(
@@ -230,17 +252,35 @@ def fit_head(
             restore_best_weights=True,
         ),
     ]
-    history = head.fit(
-        x,
-        y.astype(np.float32),
-        batch_size=int(hp["head_batch_size"]),
-        epochs=int(hp["epochs_head"]),
-        class_weight=class_weights(y),
-        shuffle=True,
-        verbose=0,
-        callbacks=watch + list(callbacks),
-    )
-    return {k: [float(v) for v in values] for k, values in history.history.items()}
+    epochs = int(hp["epochs_head"])
+    return _fit_head_epochs(model, train, hp, epochs, watch + list(callbacks), strategy)
+
+
+def best_epochs(history: dict[str, list[float]]) -> int:
+    """How many head epochs early stopping kept: the epoch of the best eval AUC (1-based)."""
+    auc = np.asarray(history.get("val_auc") or [np.nan], np.float64)
+    return 1 + (int(np.nanargmax(auc)) if not np.all(np.isnan(auc)) else 0)
+
+
+def refit_head(
+    model: tf.keras.Model,
+    initial_weights: list[np.ndarray],
+    train: tuple[np.ndarray, np.ndarray],
+    evaluation: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    hp: dict[str, Any],
+    callbacks: list[tf.keras.callbacks.Callback],
+    strategy: tf.distribute.Strategy | None = None,
+) -> dict[str, list[float]]:
+    """The head again from its initial weights on train + eval, for the epochs that early
+    stopping chose: the eval patients' images teach the head too, nothing is chosen on them.
+
+    With ~25 patients a fold, the fifth held out for early stopping is a fifth of what the
+    head could learn from (``benchmarks/breakhis_quality.py``, arm ``recipe-refit``)."""
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model.get_layer("malignant_logit").set_weights(initial_weights)
+    both = (np.concatenate([train[0], evaluation[0]]), np.concatenate([train[1], evaluation[1]]))
+    return _fit_head_epochs(model, both, hp, epochs, callbacks, strategy)
 
 
 def tile_cache_fits(n_images: int | None, hp: dict[str, Any]) -> bool:
@@ -386,10 +426,9 @@ def build(hp: dict[str, Any]) -> tuple[tf.keras.Model, backbones.Backbone]:
 
 
 def _say_head(history: dict[str, list[float]]) -> None:
-    auc = history.get("val_auc") or [float("nan")]
-    best = int(np.nanargmax(auc)) if not np.all(np.isnan(auc)) else 0
+    auc, best = history.get("val_auc") or [float("nan")], best_epochs(history)
     progress.info(
-        "head: %d epochs, best eval image AUC %.3f at epoch %d", len(auc), auc[best], best + 1
+        "head: %d epochs, best eval image AUC %.3f at epoch %d", len(auc), auc[best - 1], best
     )
 
 
@@ -424,6 +463,7 @@ def train(
             image_features(network, eval_images(), size, max_tiles, cache),
         )
 
+    initial_head = model.get_layer("malignant_logit").get_weights()
     started = time.monotonic()
     train_features, eval_features = read_features(feature_cache)
     progress.info(
@@ -431,10 +471,11 @@ def train(
         *(len(train_features[1]), len(eval_features[1]), max_tiles, image_tiles.VIEWS),
         *(backbone.name, time.monotonic() - started),
     )
-    history["head"] = fit_head(
-        model, train_features, eval_features, hp, callbacks("head"), strategy
+    head_phase = "head"
+    history[head_phase] = fit_head(
+        model, train_features, eval_features, hp, callbacks(head_phase), strategy
     )
-    _say_head(history["head"])
+    _say_head(history[head_phase])
     if int(hp["epochs_fine_tune"]) > 0 and float(hp["fine_tune_fraction"]) > 0:
         with strategy.scope():
             steps = fine_tune_steps or max(1, len(train_features[1]) // int(hp["batch_size"]))
@@ -448,14 +489,33 @@ def train(
                 n_images=len(train_features[1]),
             )
         train_features, eval_features = read_features(None)  # the backbone has changed
-        history["head_after_fine_tune"] = fit_head(
-            model, train_features, eval_features, hp, callbacks("head_after_fine_tune"), strategy
+        head_phase = "head_after_fine_tune"
+        history[head_phase] = fit_head(
+            model, train_features, eval_features, hp, callbacks(head_phase), strategy
         )
-        _say_head(history["head_after_fine_tune"])
+        _say_head(history[head_phase])
     eval_logits = head_logits(model, eval_features[0])
     calibration = calibrate(eval_logits, eval_features[1], str(hp["threshold_rule"]))
     progress.info(
         "calibration: temperature %.2f, threshold %.2f (%s)",
         *(calibration.temperature, calibration.threshold, calibration.fitted_on),
     )
+    if hp["head_refit"]:
+        epochs = best_epochs(history[head_phase])
+        history["head_refit"] = refit_head(
+            model,
+            initial_head,
+            train_features,
+            eval_features,
+            epochs,
+            hp,
+            callbacks("head_refit"),
+            strategy,
+        )
+        calibration.fitted_on += "; head then refitted on train + eval"
+        progress.info(
+            "head refitted on %d train + eval images for %d epochs",
+            len(train_features[1]) + len(eval_features[1]),
+            epochs,
+        )
     return TrainedClassifier(model, backbone, calibration, history, eval_logits, eval_features[1])
