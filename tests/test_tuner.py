@@ -10,6 +10,7 @@ import types
 
 import keras_tuner
 import pytest
+import tensorflow as tf
 from test_trainer import SIZE, TransformOutputStandIn, tiny_splits
 from tfx.components.tuner.executor import write_best_hyperparameters
 from tfx.dsl.compiler import compiler
@@ -59,6 +60,15 @@ def test_tuner_fn_searches_the_head_regularisation(tmp_path, monkeypatch):
     assert set(fit) == {"train_images", "eval_images"}
     labels = [int(y) for _, y in fit["eval_images"]()]
     assert labels == [i % 2 for i in range(6)]  # the Trainer's own eval split
+
+
+def test_trials_never_refit_the_head_on_the_eval_split_they_are_scored_on():
+    settings = hyperparameters.hyperparameters(trainer_config(head_refit=True))
+    model = tuner_module.RecipeHyperModel(settings, tf.distribute.get_strategy())
+    space = tuner_module.search_space()
+    trial = model.trial_settings(space)
+    assert trial["head_refit"] is False
+    assert {k: trial[k] for k in tuner_module.SEARCHED} == space.values
 
 
 def test_tuner_fn_rejects_unknown_settings(tmp_path, monkeypatch):

@@ -46,7 +46,10 @@ class RecipeHyperModel(keras_tuner.HyperModel):
         self._built: dict[int, Any] = {}
 
     def trial_settings(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
-        return hyperparameters({**self.settings, **{k: hp.get(k) for k in SEARCHED}})
+        """The Trainer's settings with the trial's values; never a head refit, which would
+        train on the eval split the trial is scored on (and only cost time)."""
+        searched = {k: hp.get(k) for k in SEARCHED}
+        return hyperparameters({**self.settings, **searched, "head_refit": False})
 
     def build(self, hp: keras_tuner.HyperParameters) -> tf.keras.Model:
         with self.strategy.scope():
