@@ -26,9 +26,8 @@ Arms (``--arms``):
   jittered in HED space (Tellez et al. 2018: each stain's density scaled by U(0.9, 1.1) and
   shifted by U(-0.01, 0.01)); validation and test images are not touched (variant).
 - ``recipe-label-smoothing``: the recipe with label smoothing 0.1 (``HISTO_LABEL_SMOOTHING``).
-- ``recipe-refit``: the recipe whose head, once early stopping and calibration are done on
-  the validation split, trains again on training + validation images for the chosen number
-  of epochs (``HISTO_HEAD_REFIT``).
+- ``recipe-no-refit``: the recipe without its head refit (``HISTO_HEAD_REFIT=0``): the head
+  stays as early stopping left it, trained on the training images only.
 Frozen features are computed once per backbone and image (a cache keyed by the image's
 digest, passed to ``recipe.train``); the recipe's scores of the first test fold are
 checked against the exported graph's own path (``recipe.image_logit``).
@@ -79,10 +78,10 @@ ARM_SETTINGS: dict[str, dict] = {
     "fine-tune": {"epochs_fine_tune": 2},
     "recipe-stain-jitter": {"stain_copies": 2},
     "recipe-label-smoothing": {"label_smoothing": 0.1},
-    "recipe-refit": {"head_refit": True},
+    "recipe-no-refit": {"head_refit": False},
 }
 ARMS = ("probe", "probe-tiles", *ARM_SETTINGS)
-FULL_ARMS = ("probe", "probe-tiles", "recipe", "recipe-densenet121")
+FULL_ARMS = ("probe", "probe-tiles", "recipe", "recipe-no-refit", "recipe-densenet121")
 QUICK_ARMS = ("probe", "recipe")
 
 

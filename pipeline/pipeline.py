@@ -310,11 +310,12 @@ def create_pipeline(
     )
     components.append(trainer)
 
-    # Heatmaps of a fixed eval-split audit set, for every candidate (blessed or not).
+    # Heatmaps of a fixed audit set of held-out patients, for every candidate (blessed or
+    # not): the test split, as the eval split may teach the head (HISTO_HEAD_REFIT).
     grad_cam = GradCam(
         model=trainer.outputs["model"],
         examples=example_gen.outputs["examples"],
-        split=features.EVAL_SPLIT,
+        split=features.TEST_SPLIT,
         per_class=grad_cam_per_class,
     )
     components.append(grad_cam)

@@ -130,7 +130,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("HISTO_LABEL_SMOOTHING", "training", float, 0.0,
       "label smoothing of the training loss, head and fine-tuning (0: hard labels)",
       "fraction", "label_smoothing"),
-    S("HISTO_HEAD_REFIT", "training", bool, False,
+    S("HISTO_HEAD_REFIT", "training", bool, True,
       "after early stopping and calibration on the eval split, train the head again on "
       "train + eval for the epochs early stopping chose", "", "head_refit"),
     S("HISTO_TILE_CACHE_MB", "training", int, 4096,

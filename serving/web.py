@@ -48,6 +48,9 @@ class ModelFacts:
     def rows(self) -> list[tuple[str, str]]:
         m = self.metadata
         calibration = m.get("calibration", {})
+        refit = (
+            " (the head then refitted on it too)" if "head_refit" in m.get("history", {}) else ""
+        )
         rows = [("model", self.target), ("version", self.version)]
         if m:
             rows += [
@@ -55,7 +58,7 @@ class ModelFacts:
                 ("tiles", f"{m.get('tile_size')} px, at most {m.get('max_tiles')} per image"),
                 ("threshold", f"{calibration.get('threshold')} ({calibration.get('fitted_on')})"),
                 ("trained on", json.dumps(m.get("train_images_per_class", {}))),
-                ("eval split", json.dumps(m.get("eval_images_per_class", {}))),
+                ("eval split", json.dumps(m.get("eval_images_per_class", {})) + refit),
             ]
         history = m.get("history", {})
         phase = history.get("head_after_fine_tune") or history.get("head") or {}

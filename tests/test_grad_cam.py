@@ -147,11 +147,11 @@ def test_grad_cam_ran_in_the_pipeline_and_wrote_its_gallery(first_run, demo_data
     assert summary["conv_layer"] == "out_relu" and summary["conv_layer_source"] == "metadata"
     labels = [t["label_name"] for t in summary["tiles"]]
     assert "benign" in labels and "malignant" in labels
-    # Spread over the eval split's patients: all of them, up to three.
+    # Spread over the held-out test split's patients: all of them, up to three.
     with open(os.path.join(demo_data, "span-1", "split_assignments.json")) as f:
-        eval_patients = {p for p, split in json.load(f).items() if split == "eval"}
+        test_patients = {p for p, split in json.load(f).items() if split == "test"}
     shown = {t["patient_id"] for t in summary["tiles"]}
-    assert shown <= eval_patients and len(shown) >= min(3, len(eval_patients))
+    assert shown <= test_patients and len(shown) >= min(3, len(test_patients))
     html = open(os.path.join(gallery_dir, "index.html")).read()
     for tile in summary["tiles"]:
         assert os.path.getsize(os.path.join(gallery_dir, tile["png"])) > 0

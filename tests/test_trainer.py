@@ -494,8 +494,10 @@ def test_the_recipe_trains_and_fine_tunes_under_mirrored_strategy(weights_file, 
         fine_tune_steps=2,
         strategy=strategy,
     )
-    assert set(trained.history) == {"head", "fine_tune", "head_after_fine_tune"}
+    assert set(trained.history) == {"head", "fine_tune", "head_after_fine_tune", "head_refit"}
     assert len(trained.history["fine_tune"]["loss"]) == 1
+    kept = recipe.best_epochs(trained.history["head_after_fine_tune"])
+    assert len(trained.history["head_refit"]["loss"]) == kept  # refit on the tuned features
     assert len(trained.eval_logits) == len(splits["eval_labels"])
 
 

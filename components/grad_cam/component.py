@@ -120,7 +120,7 @@ def GradCam(
     model: InputArtifact[tfx.types.standard_artifacts.Model],
     examples: InputArtifact[tfx.types.standard_artifacts.Examples],
     gallery: OutputArtifact[GradCamGallery],
-    split: Parameter[str] = features.EVAL_SPLIT,
+    split: Parameter[str] = features.TEST_SPLIT,
     per_class: Parameter[int] = DEFAULT_PER_CLASS,
 ) -> None:
     """Heatmaps for ``per_class`` tiles of each class of ``split``, spread over patients."""

@@ -1,4 +1,4 @@
-"""The audit set: the same few eval-split tiles every run, both classes, many patients.
+"""The audit set: the same few held-out tiles every run, both classes, many patients.
 
 A pathologist compares heatmaps across model versions, so the choice must not depend on
 file order, sharding or randomness: images are ordered by a hash of their source path,
