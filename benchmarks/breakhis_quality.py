@@ -15,6 +15,11 @@ Arms (``--arms``):
   square (global-average-pooled), standardised, logistic regression (scikit-learn, L2
   C=0.05, class-balanced); threshold from the validation split like the recipe's.
 - ``probe-tiles``: the same logistic regression on the recipe's own features (native tiles).
+- ``probe-tiles-refit``: that probe fitted again on training + validation images once its
+  threshold is chosen (as the recipe's head refit); ``probe-tiles-patient-weights``: the
+  same with every patient weighing the same within its class; ``probe-tiles-densenet121``
+  and ``probe-tiles-mobilenet-densenet``: the refitted probe on DenseNet121's tile features,
+  and on both backbones' concatenated (variants: cheap ways to try weights and backbones).
 - ``recipe``: ``modules/trainer/recipe.train`` exactly as ``run_fn`` calls it, on
   Transform-format (encoded image, label) datasets, with the Trainer's defaults.
 - ``recipe-densenet121``: the recipe with the DenseNet121 backbone.
@@ -80,7 +85,16 @@ ARM_SETTINGS: dict[str, dict] = {
     "recipe-label-smoothing": {"label_smoothing": 0.1},
     "recipe-no-refit": {"head_refit": False},
 }
-ARMS = ("probe", "probe-tiles", *ARM_SETTINGS)
+# Linear probes: (features, refit on training + validation, patient-balanced weights).
+PROBE_ARMS: dict[str, tuple[str, bool, bool]] = {
+    "probe": ("whole", False, False),
+    "probe-tiles": ("tiles", False, False),
+    "probe-tiles-refit": ("tiles", True, False),
+    "probe-tiles-patient-weights": ("tiles", True, True),
+    "probe-tiles-densenet121": ("tiles:densenet121", True, False),
+    "probe-tiles-mobilenet-densenet": ("tiles:mobilenet_v2+densenet121", True, False),
+}
+ARMS = (*PROBE_ARMS, *ARM_SETTINGS)
 FULL_ARMS = ("probe", "probe-tiles", "recipe", "recipe-no-refit", "recipe-densenet121")
 QUICK_ARMS = ("probe", "recipe")
 
@@ -229,19 +243,50 @@ class FeatureBank:
         return features
 
 
-def probe_scores(fold: Fold, features: Callable[[list[Item]], np.ndarray]) -> Scores:
-    """Standardised logistic regression (the floor); threshold from the validation split."""
+def sample_weights(items: list[Item], per_patient: bool) -> np.ndarray:
+    """Class-balanced weights (each class sums to half); with ``per_patient`` each patient
+    also weighs the same within its class, however many images it has."""
+    weights = np.ones(len(items))
+    if per_patient:
+        counts: dict[str, int] = {}
+        for item in items:
+            counts[item.patient] = counts.get(item.patient, 0) + 1
+        weights = np.array([1.0 / counts[i.patient] for i in items])
+    labels = np.array([i.label for i in items])
+    for label in (0, 1):
+        members = labels == label
+        if members.any():
+            weights[members] *= len(items) / (2 * weights[members].sum())
+    return weights
+
+
+def probe_scores(
+    fold: Fold,
+    features: Callable[[list[Item]], np.ndarray],
+    refit: bool = False,
+    per_patient: bool = False,
+) -> Scores:
+    """Standardised logistic regression (the floor); threshold from the validation split.
+
+    ``refit``: then fitted again on training + validation images (as the recipe's head
+    refit); ``per_patient``: every patient weighs the same within its class."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    probe = make_pipeline(
-        StandardScaler(),
-        LogisticRegression(C=PROBE_C, class_weight="balanced", max_iter=5000),
-    )
-    probe.fit(features(fold.train), [i.label for i in fold.train])
+    def fitted(items: list[Item]):
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=5000))
+        weights = sample_weights(items, per_patient)
+        probe.fit(
+            features(items), [i.label for i in items], logisticregression__sample_weight=weights
+        )
+        return probe
+
+    probe = fitted(fold.train)
     validation_p = probe.predict_proba(features(fold.validation))[:, 1]
     threshold = recipe.pick_threshold(validation_p, np.array([i.label for i in fold.validation]))
+    if refit:
+        probe = fitted(fold.train + fold.validation)
     test_p = probe.predict_proba(features(fold.test))[:, 1]
     return Scores(
         [i.label for i in fold.test], [i.patient for i in fold.test], test_p.tolist(), threshold
@@ -326,11 +371,16 @@ def no_views(function: Callable) -> Callable:
 
 
 def arm_runner(arm: str, bank: FeatureBank, seed: int) -> Callable[[Fold, bool], Scores]:
-    default = configs.trainer_config()["backbone"]
-    if arm == "probe":
-        return lambda fold, first: probe_scores(fold, lambda items: bank.whole(default, items))
-    if arm == "probe-tiles":
-        return lambda fold, first: probe_scores(fold, lambda items: bank.tiles(default, items))
+    if arm in PROBE_ARMS:
+        source, refit, per_patient = PROBE_ARMS[arm]
+        kind, _, named = source.partition(":")
+        names = named.split("+") if named else [configs.trainer_config()["backbone"]]
+
+        def features(items: list[Item]) -> np.ndarray:
+            read = bank.whole if kind == "whole" else bank.tiles
+            return np.hstack([read(name, items) for name in names])
+
+        return lambda fold, first: probe_scores(fold, features, refit, per_patient)
     settings = dict(ARM_SETTINGS[arm])
     views = not settings.pop("no_views", False)
     stain_copies = int(settings.pop("stain_copies", 0))

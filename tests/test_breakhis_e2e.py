@@ -8,9 +8,9 @@ and be blessed and pushed. That last part is not met yet (strict xfail below, wi
 measured figure).
 
 The floor: ``benchmarks/breakhis_quality.py`` measured the recipe's per-fold image AUC at
-0.797 mean, 0.171 sd over 15 patient-disjoint folds of about 6 patients (README, "Model
-quality"; 13 of the 15 folds at or above 0.60); this run's test split is one such split of
-6 patients, so the floor is the mean minus one sd, minus a 0.025 margin: 0.60. That is a
+0.823 mean, 0.164 sd over 15 patient-disjoint folds of about 6 patients (README, "Model
+quality"; 13 of the 15 folds at or above 0.63); this run's test split is one such split of
+6 patients, so the floor is the mean minus one sd, minus a 0.025 margin: 0.63. That is a
 floor against a broken recipe (the previous one scored 0.52 pooled), not a quality claim;
 the benchmark is where quality is measured.
 """
@@ -29,7 +29,7 @@ from preprocessing.beam_job import preprocess
 
 pytestmark = pytest.mark.e2e
 
-HELD_OUT_AUC_FLOOR = 0.60
+HELD_OUT_AUC_FLOOR = 0.63
 RATIOS = (0.7, 0.15, 0.15)
 
 
@@ -77,9 +77,9 @@ def test_default_recipe_on_real_breakhis_passes_every_gate_and_is_judged(breakhi
 @pytest.mark.xfail(
     strict=True,
     reason="goal not met: on this split (test = 6 patients, 79 images) the default recipe "
-    "scored test AUC 0.554 (eval AUC 0.988), below the 0.60 floor fixed before the run, and "
-    "is not blessed; see README 'Model quality'. Strict: passing means the recipe improved "
-    "and this mark must go.",
+    "(head refit on) scored test AUC 0.602 (0.554 without the refit), below the 0.63 floor "
+    "fixed before the run, though the Evaluator's 0.6 blesses it; see README 'Demo data'. "
+    "Strict: passing means the recipe improved and this mark must go.",
 )
 def test_default_recipe_on_real_breakhis_is_blessed_above_the_floor(breakhis_run):
     result = breakhis_run["result"]

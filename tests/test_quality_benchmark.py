@@ -1,0 +1,50 @@
+"""The quality benchmark's protocol: what its figures rest on (no images needed)."""
+
+import numpy as np
+import pytest
+
+from benchmarks import breakhis_quality as bq
+
+
+def _items(images_per_patient: dict[str, tuple[int, int]]) -> list[bq.Item]:
+    """{patient: (label, images)} -> Items with distinct paths."""
+    return [
+        bq.Item(f"{patient}/{k}.png", b"", label, patient)
+        for patient, (label, count) in images_per_patient.items()
+        for k in range(count)
+    ]
+
+
+COHORT = {f"B{k}": (0, 2 + k % 5) for k in range(8)} | {f"M{k}": (1, 1 + k % 7) for k in range(14)}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_folds_are_patient_disjoint_stratified_and_validate_inside_training(seed):
+    items = _items(COHORT)
+    folds = bq.folds_of(items, 5, seed)
+    tested = [i.path for fold in folds for i in fold.test]
+    assert sorted(tested) == sorted(i.path for i in items)  # every image scored once
+    for fold in folds:
+        train, validation, test = (
+            {i.patient for i in part} for part in (fold.train, fold.validation, fold.test)
+        )
+        assert not (train & validation or train & test or validation & test)
+        assert {i.label for i in fold.validation} == {0, 1}
+        assert {i.label for i in fold.test} == {0, 1}  # 8 benign patients over 5 folds
+        assert train | validation | test == set(COHORT)
+
+
+def test_sample_weights_balance_classes_and_optionally_patients():
+    items = _items({"B0": (0, 6), "B1": (0, 2), "M0": (1, 1), "M1": (1, 3)})
+    labels = np.array([i.label for i in items])
+    for per_patient in (False, True):
+        weights = bq.sample_weights(items, per_patient)
+        assert weights[labels == 0].sum() == pytest.approx(weights[labels == 1].sum())
+        assert weights.sum() == pytest.approx(len(items))
+    by_patient: dict[str, float] = {}
+    for item, weight in zip(items, bq.sample_weights(items, True), strict=True):
+        by_patient[item.patient] = by_patient.get(item.patient, 0.0) + weight
+    assert by_patient["B0"] == pytest.approx(by_patient["B1"])  # 6 images weigh as 2
+    assert by_patient["M0"] == pytest.approx(by_patient["M1"])
+    image_weights = bq.sample_weights(items, False)
+    assert len(set(np.round(image_weights[labels == 0], 9))) == 1  # per image: all alike
