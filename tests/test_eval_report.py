@@ -253,6 +253,11 @@ def test_report_data_lineage_and_blessing(first_run, demo_data, report):
     assert content["model"]["backbone"] == "mobilenet_v2"
     assert content["model"]["weights_source"]
     assert content["model"]["hyperparameters"]["image_size"] == 96
+    assert content["model"]["hyperparameters"]["head_refit"] is True  # the default
+    eval_balance = content["class_balance"]["eval"]  # ... so the card says what it learned from
+    refit = content["model"]["refit_images_per_class"]
+    assert refit == {k: eval_balance[k] for k in features.LABEL_NAMES}
+    assert "refitted on these and the eval split" in _section(report["html"], "model-card")
     validation = tfma.load_validation_result(first_run["summary"]["evaluation_uri"])
     blessing = content["blessing"]
     assert blessing["validation_ok"] == validation.validation_ok == first_run["summary"]["blessed"]

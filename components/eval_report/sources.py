@@ -65,6 +65,10 @@ def model_facts(model: types.Artifact, metadata: dict[str, Any]) -> dict[str, An
         "weights_source": metadata.get("weights_source", "unknown"),
         "hyperparameters": metadata.get("hyperparameters", {}),
         "train_images_per_class": metadata.get("train_images_per_class", {}),
+        # The head's refit (HISTO_HEAD_REFIT) learned from the eval split's images too.
+        "refit_images_per_class": (
+            metadata.get("eval_images_per_class", {}) if "head_refit" in history else {}
+        ),
         "last_epoch": last_epoch,
     }
 
