@@ -105,6 +105,7 @@ class Item:
     data: bytes
     label: int
     patient: str
+    subtype: str = ""  # from the file name or manifest; "" where unknown
 
 
 def load_items(roots: list[str], rule: str) -> list[Item]:
@@ -118,7 +119,7 @@ def load_items(roots: list[str], rule: str) -> list[Item]:
             with open(record.path, "rb") as f:
                 data = f.read()
             patient = patients.patient_of(record.patient_id, rule)
-            items.append(Item(record.path, data, int(record.label), patient))
+            items.append(Item(record.path, data, int(record.label), patient, record.subtype))
     return items
 
 
@@ -440,6 +441,49 @@ def summarize(per_seed: list[list[Scores]]) -> dict:
     return out
 
 
+def by_subtype(per_seed: list[list[Scores]], subtypes: dict[str, str]) -> list[dict]:
+    """Per class and subtype: patients, images, the patients' mean probability (a patient's
+    is the mean over its images, then over seeds) and the share of patients called right
+    (their mean probability against their fold's threshold), averaged over seeds."""
+    patients: dict[str, dict] = {}
+    for folds in per_seed:
+        for s in folds:
+            seen: dict[str, list] = {}
+            for label, patient, p in zip(s.labels, s.patients, s.probabilities, strict=True):
+                seen.setdefault(patient, [label, []])[1].append(p)
+            for patient, (label, probabilities) in seen.items():
+                row = patients.setdefault(patient, {"label": label, "p": [], "right": []})
+                row["images"] = len(probabilities)
+                mean = float(np.mean(probabilities))
+                row["p"].append(mean)
+                row["right"].append(float((mean >= s.threshold) == bool(label)))
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for patient, row in patients.items():
+        groups.setdefault((row["label"], subtypes.get(patient, "")), []).append(row)
+    return [
+        {
+            "label": label,
+            "subtype": subtype or "?",
+            "patients": len(rows),
+            "images": sum(r["images"] for r in rows),
+            "mean_probability": float(np.mean([np.mean(r["p"]) for r in rows])),
+            "patients_called_right": float(np.mean([np.mean(r["right"]) for r in rows])),
+        }
+        for (label, subtype), rows in sorted(groups.items())
+    ]
+
+
+def print_subtypes(arm: str, rows: list[dict]) -> None:
+    print(f"\n{arm} per class and subtype (patient = mean probability of its images):")
+    print(f"{'class':<9} {'subtype':<8} {'patients':>8} {'images':>6} {'mean p':>6} {'right':>5}")
+    for r in rows:
+        print(
+            f"{('malignant' if r['label'] else 'benign'):<9} {r['subtype']:<8} "
+            f"{r['patients']:>8} {r['images']:>6} {r['mean_probability']:>6.2f} "
+            f"{r['patients_called_right']:>5.2f}"
+        )
+
+
 def print_table(results: dict, seconds: dict, header: str) -> None:
     print("\n" + header)
     print(
@@ -510,6 +554,7 @@ def main() -> None:
                 )
             per_seed.append(scores)
         results[arm] = summarize(per_seed)
+        results[arm]["subtypes"] = by_subtype(per_seed, {i.patient: i.subtype for i in items})
         seconds[arm] = time.perf_counter() - arm_started
     header = (
         f"{len(items)} images, {len(labels)} patients, patient-grouped stratified "
@@ -518,6 +563,9 @@ def main() -> None:
         f"seeds; s = the arm's wall time (the first arm of a backbone computes its features)"
     )
     print_table(results, seconds, header)
+    shown = next((arm for arm in results if arm.startswith("recipe")), None)
+    if shown:
+        print_subtypes(shown, results[shown]["subtypes"])
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     partial = args.output + ".partial"
     with open(partial, "w") as f:

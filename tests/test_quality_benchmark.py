@@ -48,3 +48,23 @@ def test_sample_weights_balance_classes_and_optionally_patients():
     assert by_patient["M0"] == pytest.approx(by_patient["M1"])
     image_weights = bq.sample_weights(items, False)
     assert len(set(np.round(image_weights[labels == 0], 9))) == 1  # per image: all alike
+
+
+def test_by_subtype_averages_patients_over_their_images_then_seeds():
+    seed_0 = [
+        bq.Scores([0, 0, 1], ["B0", "B0", "M0"], [0.2, 0.6, 0.9], 0.5),
+        bq.Scores([0], ["B1"], [0.7], 0.5),
+    ]
+    seed_1 = [bq.Scores([0, 0, 1, 0], ["B0", "B0", "M0", "B1"], [0.1, 0.1, 0.4, 0.3], 0.35)]
+    rows = bq.by_subtype([seed_0, seed_1], {"B0": "F", "B1": "F", "M0": "DC"})
+    assert [(r["label"], r["subtype"], r["patients"], r["images"]) for r in rows] == [
+        (0, "F", 2, 3),
+        (1, "DC", 1, 1),
+    ]
+    benign, malignant = rows
+    # B0: 0.4 then 0.1 (right both times); B1: 0.7 (wrong) then 0.3 (right).
+    assert benign["mean_probability"] == pytest.approx(np.mean([0.25, 0.5]))
+    assert benign["patients_called_right"] == pytest.approx(np.mean([1.0, 0.5]))
+    # M0: 0.9 >= 0.5 right, 0.4 >= 0.35 right.
+    assert malignant["mean_probability"] == pytest.approx(0.65)
+    assert malignant["patients_called_right"] == 1.0
