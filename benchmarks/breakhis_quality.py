@@ -19,7 +19,9 @@ Arms (``--arms``):
   threshold is chosen (as the recipe's head refit); ``probe-tiles-patient-weights``: the
   same with every patient weighing the same within its class; ``probe-tiles-densenet121``
   and ``probe-tiles-mobilenet-densenet``: the refitted probe on DenseNet121's tile features,
-  and on both backbones' concatenated (variants: cheap ways to try weights and backbones).
+  and on both backbones' concatenated; ``probe-tiles-overlap``: the refitted probe on tiles
+  cut every half tile (twice as many each way, less one), averaged as the recipe averages
+  (variants: cheap ways to try weights, backbones and tilings).
 - ``recipe``: ``modules/trainer/recipe.train`` exactly as ``run_fn`` calls it, on
   Transform-format (encoded image, label) datasets, with the Trainer's defaults.
 - ``recipe-densenet121``: the recipe with the DenseNet121 backbone.
@@ -93,6 +95,7 @@ PROBE_ARMS: dict[str, tuple[str, bool, bool]] = {
     "probe-tiles-patient-weights": ("tiles", True, True),
     "probe-tiles-densenet121": ("tiles:densenet121", True, False),
     "probe-tiles-mobilenet-densenet": ("tiles:mobilenet_v2+densenet121", True, False),
+    "probe-tiles-overlap": ("overlap", True, False),
 }
 ARMS = (*PROBE_ARMS, *ARM_SETTINGS)
 FULL_ARMS = ("probe", "probe-tiles", "recipe", "recipe-no-refit", "recipe-densenet121")
@@ -202,6 +205,22 @@ class Scores:
 # --------------------------------------------------------------------------- arms
 
 
+def overlapping_tiles(image: tf.Tensor, size: int, max_tiles: int) -> tf.Tensor:
+    """[n, S, S, 3]: the recipe's tile grid (``image_tiles.tile_grid``), cut again every half
+    tile, so each seam between two tiles is the middle of another (a 3 x 2 grid -> 5 x 3)."""
+    shape = tf.shape(image)
+    rows, cols = image_tiles.tile_grid(shape[0], shape[1], size, max_tiles)
+    resized = tf.image.resize(image, [rows * size, cols * size], antialias=True)
+    patches = tf.image.extract_patches(
+        tf.clip_by_value(resized, 0.0, 1.0)[tf.newaxis],
+        sizes=[1, size, size, 1],
+        strides=[1, size // 2, size // 2, 1],
+        rates=[1, 1, 1, 1],
+        padding="VALID",
+    )
+    return tf.reshape(patches, [-1, size, size, 3])
+
+
 class FeatureBank:
     """Frozen features per backbone and image: whole-image squeezed, and the recipe's own."""
 
@@ -209,6 +228,7 @@ class FeatureBank:
         self.size, self.max_tiles = size, max_tiles
         self.recipe_cache: dict[str, dict[str, np.ndarray]] = {}
         self._whole: dict[str, dict[str, np.ndarray]] = {}
+        self._overlap: dict[str, dict[str, np.ndarray]] = {}
         self._networks: dict[str, tf.keras.Model] = {}
 
     def network(self, backbone: str) -> tf.keras.Model:
@@ -230,6 +250,18 @@ class FeatureBank:
                 square = tf.image.resize(image, [self.size, self.size], antialias=True)
                 square = tf.clip_by_value(square, 0.0, 1.0)[tf.newaxis]
                 cache[item.path] = network(square, training=False).numpy()[0]
+        return np.stack([cache[i.path] for i in items])
+
+    def overlap(self, backbone: str, items: list[Item]) -> np.ndarray:
+        """[n, D] mean feature over every view of the overlapping tiles (a variant)."""
+        network, cache = self.network(backbone), self._overlap.setdefault(backbone, {})
+        for item in items:
+            if item.path not in cache:
+                tiles = overlapping_tiles(
+                    image_tiles.decode(tf.constant(item.data)), self.size, self.max_tiles
+                )
+                views = image_tiles.views(tiles)
+                cache[item.path] = tf.reduce_mean(network(views, training=False), 0).numpy()
         return np.stack([cache[i.path] for i in items])
 
     def tiles(self, backbone: str, items: list[Item]) -> np.ndarray:
@@ -378,7 +410,7 @@ def arm_runner(arm: str, bank: FeatureBank, seed: int) -> Callable[[Fold, bool],
         names = named.split("+") if named else [configs.trainer_config()["backbone"]]
 
         def features(items: list[Item]) -> np.ndarray:
-            read = bank.whole if kind == "whole" else bank.tiles
+            read = {"whole": bank.whole, "overlap": bank.overlap}.get(kind, bank.tiles)
             return np.hstack([read(name, items) for name in names])
 
         return lambda fold, first: probe_scores(fold, features, refit, per_patient)

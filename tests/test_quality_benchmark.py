@@ -68,3 +68,19 @@ def test_by_subtype_averages_patients_over_their_images_then_seeds():
     # M0: 0.9 >= 0.5 right, 0.4 >= 0.35 right.
     assert malignant["mean_probability"] == pytest.approx(0.65)
     assert malignant["patients_called_right"] == 1.0
+
+
+def test_overlapping_tiles_add_a_tile_on_every_seam_of_the_recipes_grid():
+    from modules import image_tiles
+
+    size = 4
+    image = np.random.default_rng(0).random((2 * size, 3 * size, 3)).astype(np.float32)
+    grid = image_tiles.to_tiles(image, size, max_tiles=12).numpy()
+    overlap = bq.overlapping_tiles(image, size, max_tiles=12).numpy()
+    assert grid.shape == (6, size, size, 3) and overlap.shape == (15, size, size, 3)
+    half = size // 2
+    np.testing.assert_allclose(overlap[0], grid[0], atol=1e-6)  # the grid's tiles are kept
+    np.testing.assert_allclose(overlap[2], grid[1], atol=1e-6)
+    np.testing.assert_allclose(overlap[10], grid[3], atol=1e-6)  # second row of the grid
+    np.testing.assert_allclose(overlap[1], image[:size, half : half + size], atol=1e-6)
+    np.testing.assert_allclose(overlap[5], image[half : half + size, :size], atol=1e-6)
