@@ -35,6 +35,9 @@ Arms (``--arms``):
 - ``recipe-label-smoothing``: the recipe with label smoothing 0.1 (``HISTO_LABEL_SMOOTHING``).
 - ``recipe-no-refit``: the recipe without its head refit (``HISTO_HEAD_REFIT=0``): the head
   stays as early stopping left it, trained on the training images only.
+- ``recipe-no-early-stopping``: the head trains every one of its epochs (and so does its
+  refit) instead of the epochs the validation split's AUC picks, as the probe's solver
+  does; ``recipe-no-early-stopping-l2-0.005``: the same with a quarter of the head's L2.
 Frozen features are computed once per backbone and image (a cache keyed by the image's
 digest, passed to ``recipe.train``); the recipe's scores of the first test fold are
 checked against the exported graph's own path (``recipe.image_logit``).
@@ -86,6 +89,8 @@ ARM_SETTINGS: dict[str, dict] = {
     "recipe-stain-jitter": {"stain_copies": 2},
     "recipe-label-smoothing": {"label_smoothing": 0.1},
     "recipe-no-refit": {"head_refit": False},
+    "recipe-no-early-stopping": {"early_stopping_patience": 0},
+    "recipe-no-early-stopping-l2-0.005": {"early_stopping_patience": 0, "head_l2": 0.005},
 }
 # Linear probes: (features, refit on training + validation, patient-balanced weights).
 PROBE_ARMS: dict[str, tuple[str, bool, bool]] = {

@@ -112,7 +112,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("HISTO_EPOCHS_HEAD", "training", int, 200,
       "head epochs on cached features, early-stopped", "epochs", "epochs_head"),
     S("HISTO_EARLY_STOPPING_PATIENCE", "training", int, 30,
-      "head epochs without a better eval AUC before stopping", "epochs",
+      "head epochs without a better eval AUC before stopping (0: no early stopping, "
+      "every epoch trained)", "epochs",
       "early_stopping_patience"),
     S("HISTO_EPOCHS_FINE_TUNE", "training", int, 0,
       "fine-tuning epochs of the top of the backbone (0: head only)", "epochs",

@@ -330,6 +330,23 @@ def test_best_epochs_is_the_epoch_early_stopping_kept():
     assert recipe.best_epochs({"loss": [1.0]}) == 1  # no eval AUC recorded: the first
 
 
+def test_patience_zero_trains_every_head_epoch_and_refits_as_many():
+    """With nothing to gain on the eval split, patience 2 stops after 3 epochs and the refit
+    takes the first; patience 0 trains all of them and the refit takes them all."""
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1], 16)
+    train = rng.normal(0.0, 1.0, (32, 3)).astype(np.float32)
+    train[:, 0] += np.where(labels == 1, 2.0, -2.0)
+    flat = (np.zeros((32, 3), np.float32), labels)  # the same AUC every epoch
+    for patience, trained, refit in ((2, 3, 1), (0, 12, 12)):
+        tf.keras.utils.set_random_seed(0)
+        hp = _head_settings(epochs_head=12, early_stopping_patience=patience)
+        history = recipe.fit_head(_head_only_classifier(3), (train, labels), flat, hp, [])
+        assert len(history["loss"]) == trained
+        assert len(history["val_auc"]) == trained  # the eval AUC is still recorded
+        assert recipe.refit_epochs(history, hp) == refit
+
+
 def test_the_refitted_head_learns_from_the_eval_images_too():
     """Only the eval images show that channel 1 matters: the head fitted on train alone
     cannot rank them, the head refitted on train + eval can, from its initial weights."""

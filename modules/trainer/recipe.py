@@ -246,18 +246,30 @@ def fit_head(
     callbacks: list[tf.keras.callbacks.Callback],
     strategy: tf.distribute.Strategy | None = None,
 ) -> dict[str, list[float]]:
-    """Trains the head on cached features with early stopping on the eval split's AUC."""
-    watch = [
-        _ValidationAuc(*evaluation),
-        tf.keras.callbacks.EarlyStopping(
-            monitor="val_auc",
-            mode="max",
-            patience=int(hp["early_stopping_patience"]),
-            restore_best_weights=True,
-        ),
-    ]
+    """Trains the head on cached features with early stopping on the eval split's AUC
+    (``early_stopping_patience`` 0: none, every epoch is trained and the last weights kept)."""
+    watch: list[tf.keras.callbacks.Callback] = [_ValidationAuc(*evaluation)]
+    if early_stopping(hp):
+        watch.append(
+            tf.keras.callbacks.EarlyStopping(
+                monitor="val_auc",
+                mode="max",
+                patience=int(hp["early_stopping_patience"]),
+                restore_best_weights=True,
+            )
+        )
     epochs = int(hp["epochs_head"])
     return _fit_head_epochs(model, train, hp, epochs, watch + list(callbacks), strategy)
+
+
+def early_stopping(hp: dict[str, Any]) -> bool:
+    """Whether the head's epochs are chosen on the eval split (patience > 0)."""
+    return int(hp["early_stopping_patience"]) > 0
+
+
+def refit_epochs(history: dict[str, list[float]], hp: dict[str, Any]) -> int:
+    """The refit's epochs: those early stopping kept, or every epoch trained without it."""
+    return best_epochs(history) if early_stopping(hp) else len(history.get("loss") or [0])
 
 
 def best_epochs(history: dict[str, list[float]]) -> int:
@@ -506,7 +518,7 @@ def train(
         *(calibration.temperature, calibration.threshold, calibration.fitted_on),
     )
     if hp["head_refit"]:
-        epochs = best_epochs(history[head_phase])
+        epochs = refit_epochs(history[head_phase], hp)
         history["head_refit"] = refit_head(
             model,
             initial_head,
