@@ -523,8 +523,9 @@ def print_subtypes(arm: str, rows: list[dict]) -> None:
 
 def print_table(results: dict, seconds: dict, header: str) -> None:
     print("\n" + header)
+    width = max(20, *(len(arm) for arm in results))
     print(
-        f"{'arm':<20} | {'image AUC':>13} | {'fold AUC':>13} | {'patient AUC':>13} | "
+        f"{'arm':<{width}} | {'image AUC':>13} | {'fold AUC':>13} | {'patient AUC':>13} | "
         f"{'bal. acc':>13} | {'sens':>5} | {'spec':>5} | {'ECE':>5} | {'s':>5}"
     )
     for arm, r in results.items():
@@ -533,7 +534,7 @@ def print_table(results: dict, seconds: dict, header: str) -> None:
             return f"{r[name]['mean']:.3f} ± {r[name]['sd']:.3f}"
 
         print(
-            f"{arm:<20} | {ms('image_auc'):>13} | {ms('fold_auc'):>13} | "
+            f"{arm:<{width}} | {ms('image_auc'):>13} | {ms('fold_auc'):>13} | "
             f"{ms('patient_auc'):>13} | {ms('balanced_accuracy'):>13} | "
             f"{r['sensitivity']['mean']:>5.3f} | {r['specificity']['mean']:>5.3f} | "
             f"{r['ece']['mean']:>5.3f} | {seconds[arm]:>5.0f}"
