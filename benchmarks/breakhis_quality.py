@@ -32,7 +32,9 @@ Arms (``--arms``):
   computed elsewhere and passed as ``--external-features FILE.npz`` (arrays ``paths`` and
   ``features``, one row per image), alone and beside the tile features: how a backbone that
   cannot live in this environment (another framework, other weights) is judged against the
-  rows above on the same folds. ``benchmarks/shell_features.py`` writes such a file.
+  rows above on the same folds. ``benchmarks/shell_features.py`` (an H&E-trained network)
+  and ``benchmarks/texture_features.py`` (the dataset paper's LBP, GLCM and PFTAS) write
+  such files.
 - ``recipe``: ``modules/trainer/recipe.train`` exactly as ``run_fn`` calls it, on
   Transform-format (encoded image, label) datasets, with the Trainer's defaults.
 - ``recipe-densenet121``: the recipe with the DenseNet121 backbone.

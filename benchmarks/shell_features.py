@@ -26,19 +26,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import types
 
 import numpy as np
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from preprocessing import layouts  # noqa: E402  (pure Python: no TensorFlow here)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import feature_files  # noqa: E402  (NumPy and Pillow only)
 
-SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
-DEFAULT_DATA = [os.path.join(SHARED, "breakhis-100x"), os.path.join(SHARED, "breakhis-crops")]
-DEFAULT_OUTPUT = os.path.join(REPO, "outputs", "benchmarks", "shell_features.npz")
 WEIGHTS = "model_v1.onnx"  # lavlab-shell 0.9.1's bundled model (shell.model imports PyTorch)
 ENCODER_OUTPUT_OF = "node_Conv_932"  # the decoder's first convolution reads the encoder
 MIDDLE_STAGE_OF = "node_Conv_922"  # a convolution inside the encoder, one stage earlier
@@ -114,34 +109,20 @@ def image_features(rgb: np.ndarray, scale: int, runner, outputs, stains) -> np.n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", nargs="+", default=DEFAULT_DATA, help="image trees")
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help=".npz for the benchmark")
+    parser.add_argument("--data", nargs="+", default=feature_files.DEFAULT_DATA)
+    parser.add_argument(
+        "--output", default=os.path.join(feature_files.OUTPUT_DIR, "shell_features.npz")
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    missing = [root for root in args.data if not os.path.isdir(root)]
-    if missing:
-        raise SystemExit(f"no image folder at {missing}: pass --data")
-
+    paths = feature_files.image_paths(args.data)
     runner, outputs = session(args.threads)
     stains = stain_functions()
-    paths = [record.path for root in args.data for record in layouts.discover(root)[0]]
-    started, rows = time.perf_counter(), []
-    for index, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                rgb = np.asarray(image.convert("RGB"))
-            rows.append(
-                np.concatenate([image_features(rgb, s, runner, outputs, stains) for s in SCALES])
-            )
-        except Exception as error:
-            raise SystemExit(f"{path}: could not compute SHELL features ({error})") from error
-        if index % 100 == 0:
-            print(f"{index}/{len(paths)} images ({time.perf_counter() - started:.0f} s)")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    partial = args.output + ".partial.npz"
-    np.savez(partial, paths=np.array(paths), features=np.stack(rows).astype(np.float32))
-    os.replace(partial, args.output)
-    print(f"{len(paths)} images, {rows[0].size} features each: {args.output}")
+
+    def compute(rgb: np.ndarray) -> np.ndarray:
+        return np.concatenate([image_features(rgb, s, runner, outputs, stains) for s in SCALES])
+
+    feature_files.write(paths, compute, args.output)
 
 
 if __name__ == "__main__":

@@ -163,3 +163,38 @@ def test_a_bad_external_features_file_is_named_with_its_problem(tmp_path, arrays
     (tmp_path / "text.npz").write_text("not an archive")
     with pytest.raises(ValueError, match="text.npz: not an .npz"):
         bq.load_external_features(str(tmp_path / "text.npz"))
+
+
+def test_a_feature_file_is_written_whole_or_not_at_all(tmp_path):
+    from PIL import Image
+
+    from benchmarks import feature_files
+
+    good = [tmp_path / f"{k}.png" for k in range(2)]
+    for k, path in enumerate(good):
+        Image.new("RGB", (4, 3), (k, 2 * k, 3 * k)).save(path)
+    output = tmp_path / "out" / "features.npz"
+    feature_files.write([str(p) for p in good], lambda rgb: rgb.mean(axis=(0, 1)), str(output))
+    by_path = bq.load_external_features(str(output))
+    np.testing.assert_array_equal(by_path[os.path.realpath(good[1])], [1, 2, 3])
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    again = tmp_path / "again.npz"
+    with pytest.raises(SystemExit, match=r"broken\.png: could not compute features"):
+        feature_files.write([str(good[0]), str(broken)], lambda rgb: rgb.mean(), str(again))
+    assert sorted(os.listdir(tmp_path)) == ["0.png", "1.png", "broken.png", "out"]
+
+
+def test_threshold_adjacency_statistics_count_each_masked_pixels_masked_neighbours():
+    from benchmarks import texture_features
+
+    mask = np.zeros((5, 5), dtype=bool)
+    mask[1:4, 1:4] = True  # a 3x3 block: 4 corners with 3 neighbours, 4 edges with 5, 1 with 8
+    expected = np.zeros(9)
+    expected[[3, 5, 8]] = [4 / 9, 4 / 9, 1 / 9]
+    np.testing.assert_allclose(texture_features.adjacency_statistics(mask), expected)
+    features = texture_features.texture_features(
+        np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    )
+    assert features.shape == (306,) and np.isfinite(features).all()
