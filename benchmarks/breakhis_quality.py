@@ -82,6 +82,7 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
+from benchmarks.feature_files import DEFAULT_DATA, OUTPUT_DIR
 from modules import image_tiles
 from modules.metrics import expected_calibration_error, operating_point, roc_auc
 from modules.trainer import recipe
@@ -90,10 +91,7 @@ from modules.trainer.hyperparameters import hyperparameters
 from pipeline import configs
 from preprocessing import layouts, patients
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(REPO, "..", "shared", "data")
-DEFAULT_DATA = [os.path.join(SHARED, "breakhis-100x"), os.path.join(SHARED, "breakhis-crops")]
-DEFAULT_OUTPUT = os.path.join(REPO, "outputs", "benchmarks", "breakhis_quality.json")
+DEFAULT_OUTPUT = os.path.join(OUTPUT_DIR, "breakhis_quality.json")
 PROBE_C = 0.05
 VALIDATION_SHARE = 0.2
 ARM_SETTINGS: dict[str, dict] = {
@@ -351,14 +349,14 @@ class FeatureBank:
         ``backbone`` is not used: the file's features come from wherever they were made."""
         if self._external is None:
             raise ValueError("the external arms need --external-features FILE.npz")
-        by_path, source = self._external, self.external_features
-        missing = [i.path for i in items if os.path.realpath(i.path) not in by_path]
+        keys = [os.path.realpath(i.path) for i in items]
+        missing = [i.path for i, key in zip(items, keys, strict=True) if key not in self._external]
         if missing:
             raise ValueError(
-                f"{source}: no features for {len(missing)} of {len(items)} images, "
-                f"e.g. {missing[0]} (compute them over the same --data trees)"
+                f"{self.external_features}: no features for {len(missing)} of {len(items)} "
+                f"images, e.g. {missing[0]} (compute them over the same --data trees)"
             )
-        return np.stack([by_path[os.path.realpath(i.path)] for i in items])
+        return np.stack([self._external[key] for key in keys])
 
     def tiles(self, backbone: str, items: list[Item]) -> np.ndarray:
         """[n, D] the recipe's features (mean over every view of every tile)."""
