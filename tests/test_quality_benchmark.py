@@ -198,3 +198,30 @@ def test_threshold_adjacency_statistics_count_each_masked_pixels_masked_neighbou
         np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     )
     assert features.shape == (306,) and np.isfinite(features).all()
+
+
+def test_nuclear_morphology_counts_and_sizes_drawn_nuclei():
+    from benchmarks import nuclei_features
+
+    def tissue_with_nuclei(radius: int) -> np.ndarray:
+        """Pink stroma with a 5 x 4 grid of dark purple discs of the given radius."""
+        rgb = np.full((160, 200, 3), (225, 170, 205), dtype=np.uint8)
+        rows, cols = np.mgrid[:160, :200]
+        for row in range(20, 160, 40):
+            for col in range(20, 200, 40):
+                disc = (rows - row) ** 2 + (cols - col) ** 2 <= radius**2
+                rgb[disc] = (70, 40, 120)
+        return rgb
+
+    names = nuclei_features.SUMMARY_NAMES
+    small, large = (
+        dict(zip(names, nuclei_features.nuclei_features(tissue_with_nuclei(r)), strict=True))
+        for r in (4, 8)
+    )
+    for radius, figures in ((4, small), (8, large)):
+        assert figures["nuclei_per_kpx_tissue"] == pytest.approx(1000 * 20 / (160 * 200))
+        assert np.exp(figures["log_area_p50"]) == pytest.approx(np.pi * radius**2, rel=0.2)
+        assert figures["log_area_sd"] < 0.1  # equal discs: no pleomorphism
+    assert large["nuclear_fraction_of_tissue"] > 3 * small["nuclear_fraction_of_tissue"]
+    blank = nuclei_features.nuclei_features(np.full((40, 50, 3), 240, dtype=np.uint8))
+    assert blank.shape == (len(names),) and np.isfinite(blank).all()
