@@ -7,6 +7,7 @@ framework clashes with TensorFlow 2.15) can use it too: the image list is the be
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -23,6 +24,14 @@ from preprocessing import layouts  # noqa: E402  (pure Python: no TensorFlow)
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 DEFAULT_DATA = [os.path.join(SHARED, "breakhis-100x"), os.path.join(SHARED, "breakhis-crops")]
 OUTPUT_DIR = os.path.join(REPO, "outputs", "benchmarks")
+
+
+def parser(description: str, file_name: str) -> argparse.ArgumentParser:
+    """The options every extractor takes: ``--data`` image roots, ``--output`` .npz file."""
+    arguments = argparse.ArgumentParser(description=description)
+    arguments.add_argument("--data", nargs="+", default=DEFAULT_DATA)
+    arguments.add_argument("--output", default=os.path.join(OUTPUT_DIR, file_name))
+    return arguments
 
 
 def image_paths(roots: list[str]) -> list[str]:

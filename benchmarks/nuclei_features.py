@@ -18,9 +18,6 @@ pixels are dropped.
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
@@ -122,12 +119,7 @@ def nuclei_features(rgb: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", nargs="+", default=feature_files.DEFAULT_DATA)
-    parser.add_argument(
-        "--output", default=os.path.join(feature_files.OUTPUT_DIR, "nuclei_features.npz")
-    )
-    args = parser.parse_args()
+    args = feature_files.parser(__doc__.split("\n\n")[0], "nuclei_features.npz").parse_args()
     feature_files.write(feature_files.image_paths(args.data), nuclei_features, args.output)
 
 

@@ -23,7 +23,6 @@ the segmentation (background, epithelium, stroma).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import types
@@ -108,11 +107,7 @@ def image_features(rgb: np.ndarray, scale: int, runner, outputs, stains) -> np.n
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", nargs="+", default=feature_files.DEFAULT_DATA)
-    parser.add_argument(
-        "--output", default=os.path.join(feature_files.OUTPUT_DIR, "shell_features.npz")
-    )
+    parser = feature_files.parser(__doc__.split("\n\n")[0], "shell_features.npz")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     paths = feature_files.image_paths(args.data)

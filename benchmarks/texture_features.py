@@ -17,9 +17,6 @@ deconvolution); PFTAS on each RGB channel.
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import numpy as np
 from PIL import Image
 from scipy import ndimage
@@ -95,12 +92,7 @@ def texture_features(rgb: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", nargs="+", default=feature_files.DEFAULT_DATA)
-    parser.add_argument(
-        "--output", default=os.path.join(feature_files.OUTPUT_DIR, "texture_features.npz")
-    )
-    args = parser.parse_args()
+    args = feature_files.parser(__doc__.split("\n\n")[0], "texture_features.npz").parse_args()
     feature_files.write(feature_files.image_paths(args.data), texture_features, args.output)
 
 
