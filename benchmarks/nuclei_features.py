@@ -35,7 +35,7 @@ SMOOTHING = 1.0  # pixels (Gaussian sigma) before the threshold: JPEG noise spli
 LOCAL_BLOCK = 31  # pixels: about two nuclei wide, so a nucleus stands out of its cytoplasm
 SEED_DISTANCE = 3  # pixels between watershed seeds (half a small nucleus)
 TISSUE_GREY = 0.85  # brighter than this (0..1) in every channel is background glass
-PROPERTIES = ("area", "eccentricity", "solidity", "major_axis_length", "centroid")
+PROPERTIES = ("label", "area", "eccentricity", "solidity", "major_axis_length", "centroid")
 SUMMARY_NAMES = (
     "nuclei_per_kpx_tissue",
     "nuclear_fraction_of_tissue",
@@ -86,11 +86,10 @@ def nuclei_features(rgb: np.ndarray) -> np.ndarray:
     keep = (table["area"] >= NUCLEUS_AREA[0]) & (table["area"] <= NUCLEUS_AREA[1])
     area = table["area"][keep].astype(np.float64)
     centroids = np.stack([table["centroid-0"][keep], table["centroid-1"][keep]], axis=1)
-    kept = np.isin(labels, np.flatnonzero(keep) + 1) if keep.any() else np.zeros_like(tissue)
+    kept_ids = table["label"][keep]
+    kept = np.isin(labels, kept_ids)
     tissue_pixels = max(int(tissue.sum()), 1)
-    per_nucleus_h = (
-        ndimage.mean(density, labels, index=np.flatnonzero(keep) + 1) if keep.any() else []
-    )
+    per_nucleus_h = ndimage.mean(density, labels, index=kept_ids) if kept_ids.size else []
     log_area = np.log(area) if area.size else np.zeros(1)
     if len(centroids) > 1:
         distances, _ = cKDTree(centroids).query(centroids, k=2)
