@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from typing import Any
 
 from tfx import types
@@ -34,10 +33,12 @@ from tfx.proto.orchestration import driver_output_pb2
 from tfx.types.artifact import Artifact
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
+from modules.progress import logger as progress
 from pipeline import settings
 from preprocessing import layouts, ledger, patients, splits, storage
 from preprocessing.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from preprocessing.layouts import ImageRecord, Reject
+from preprocessing.span_summary import format_summary
 
 FINGERPRINT_KEY = "image_fingerprint"
 SUMMARY_FILE = "ingest.json"
@@ -195,7 +196,7 @@ def ingest(
             f"{len(found['records'])} new images of {len(new_patients)} new patients wait "
             f"for at least {min_new_patients} new patients (HISTO_MIN_NEW_PATIENTS)"
         )
-        logging.info("no span written: %s", summary["waiting"])
+        progress.info("no span written: %s", summary["waiting"])
     elif found["records"]:
         span = beam_job.preprocess(
             found["records"],
@@ -213,11 +214,12 @@ def ingest(
         summary["span"] = span["span"]
         summary["span_dir"] = span["span_dir"]
         summary["preprocessing"] = span
-        rejects_csv = storage.join(span["span_dir"], beam_job.REJECTS_FILE)
+        rejects_csv = span["rejects_report"]
         storage.write_bytes(storage.join(out_dir, REJECTS_FILE), storage.read_bytes(rejects_csv))
-        logging.info("ingested %d new images into %s", span["images_written"], span["span_dir"])
+        for line in format_summary(span).splitlines():
+            progress.info(line)
     else:
-        logging.info(
+        progress.info(
             "nothing new under %s (%d files converted before): no span written",
             image_root,
             summary["already_converted"],

@@ -345,6 +345,7 @@ def preprocess(
         storage.write_text(storage.join(workdir, ledger.LEDGER_FILE), ledger.to_csv(entries))
         storage.commit_span(workdir, final_dir)
         summary["span_dir"] = final_dir
+        summary["rejects_report"] = storage.join(final_dir, REJECTS_FILE)
         return summary
     finally:
         storage.delete_tree(workdir)

@@ -12,6 +12,7 @@ import sys
 from modules import quiet
 from pipeline import settings
 from preprocessing import layouts, patients, splits
+from preprocessing.span_summary import format_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,26 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-side", type=int, default=read("HISTO_MIN_SIDE"))
     parser.add_argument("--max-pixels", type=int, default=read("HISTO_MAX_PIXELS"))
     return parser
-
-
-def format_summary(summary: dict) -> str:
-    lines = [
-        f"span {summary['span']}: {summary['images_written']} images written, "
-        f"{summary['images_rejected']} rejected of {summary['images_found']} "
-        f"in {summary['seconds']}s"
-    ]
-    lines.append(
-        f"  patients by rule '{summary['patient_rule']}'; "
-        f"{summary['patients_kept_from_earlier_spans']} kept their split from earlier spans"
-    )
-    for split, info in summary["splits"].items():
-        per_class = ", ".join(f"{name} {count}" for name, count in info["per_class"].items())
-        lines.append(
-            f"  {split:<5} {info['images']:>6} images {info['patients']:>4} patients ({per_class})"
-        )
-    for warning in summary["warnings"]:
-        lines.append(f"WARNING: {warning}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

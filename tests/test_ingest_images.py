@@ -6,6 +6,7 @@ story (cache hits, retraining on the window) is in test_retraining_story.py.
 """
 
 import json
+import logging
 import os
 import shutil
 
@@ -14,6 +15,7 @@ import pytest
 from components import ingest_images
 from demo.generate import generate
 from histo_testlib import FAST_BEAM_ARGS
+from modules import progress
 from preprocessing import beam_job, ledger, storage
 
 
@@ -102,7 +104,12 @@ def test_new_and_changed_files_become_the_next_span_and_old_patients_keep_their_
     assert len(ledger.read(roots["data"])) == 8 + 5
 
 
-def test_a_rejected_file_is_recorded_and_not_retried(roots):
+def progress_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == progress.LOGGER_NAME]
+
+
+def test_a_rejected_file_is_recorded_and_not_retried(roots, caplog):
+    caplog.set_level(logging.INFO, logger=progress.LOGGER_NAME)
     patient = sorted(os.listdir(os.path.join(roots["images"], "benign")))[0]
     bad = os.path.join(roots["images"], "benign", "broken.png")
     with open(bad, "wb") as f:
@@ -118,8 +125,19 @@ def test_a_rejected_file_is_recorded_and_not_retried(roots):
     assert summary["span"] == 1 and summary["new_rejects"] == 1
     rejected = {e.source for e in ledger.read(roots["data"]).values() if e.outcome == "rejected"}
     assert rejected == {"benign/broken.png", f"benign/{patient}/truncated.png"}
+    # What the console shows: the counts, where the reasons are, each split's patients.
+    shown = progress_lines(caplog)
+    assert shown[0].startswith("span 1: 8 images written, 2 rejected of 10 ")
+    assert f"rejected files and why: {summary['span_dir']}/rejects.csv" in shown[1]
+    split_lines = [line.split() for line in shown if line.split()[0] in ("train", "eval", "test")]
+    assert sum(int(words[1]) for words in split_lines) == 8
+    assert sum(int(words[3]) for words in split_lines) == 4
+    caplog.clear()
     again = ingest(roots["images"], roots["data"], os.path.join(roots["out"], "2"))
     assert again["span"] is None and again["new_rejects"] == 0 and again["new_images"] == 0
+    assert progress_lines(caplog) == [
+        f"nothing new under {roots['images']} (10 files converted before): no span written"
+    ]
 
 
 def test_too_many_rejects_fail_and_name_the_report_without_writing_a_span(roots):
