@@ -200,6 +200,21 @@ def test_tile_grid_shrinks_huge_images_to_max_tiles():
         assert 1 <= int(rows) * int(cols) <= 12, (height, width, int(rows), int(cols))
 
 
+def test_zoomed_tiles_cover_fewer_native_pixels_each():
+    # 700x460 magnified 1.5x is 1050x690: 3 x 5 tiles, each about 150 native pixels wide.
+    rows, cols = image_tiles.tile_grid(460, 700, 224, 27, zoom=1.5)
+    assert (int(rows), int(cols)) == (3, 5)
+    image = tf.random.uniform([2 * SIZE, 2 * SIZE, 3], seed=2)
+    tiles = image_tiles.to_tiles(image, SIZE, 16, zoom=2.0).numpy()
+    assert tiles.shape == (16, SIZE, SIZE, 3)
+    # The top-left tile is the top-left half-tile of the image, enlarged twice.
+    enlarged = tf.image.resize(image[: SIZE // 2, : SIZE // 2], [SIZE, SIZE]).numpy()
+    assert np.abs(tiles[0] - enlarged).mean() < 0.05
+    np.testing.assert_array_equal(
+        image_tiles.to_tiles(image, SIZE, 16, zoom=1.0), image_tiles.to_tiles(image, SIZE, 16)
+    )
+
+
 def test_tiles_are_the_resized_image_cut_row_major():
     image = tf.random.uniform([2 * SIZE, 3 * SIZE, 3], seed=1)
     tiles = image_tiles.to_tiles(image, SIZE, 12).numpy()
