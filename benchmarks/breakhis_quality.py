@@ -327,9 +327,8 @@ class FeatureBank:
         max_tiles = math.ceil(self.max_tiles * TILE_ZOOM**2)
 
         def compute(item: Item) -> np.ndarray:
-            image = image_tiles.decode(tf.constant(item.data))
-            tiles = image_tiles.to_tiles(image, self.size, max_tiles, zoom=TILE_ZOOM)
-            return tf.reduce_mean(network(image_tiles.views(tiles), training=False), 0).numpy()
+            views = image_tiles.image_views(tf.constant(item.data), self.size, max_tiles, TILE_ZOOM)
+            return tf.reduce_mean(network(views, training=False), 0).numpy()
 
         return self._per_image(f"zoom/{backbone}", items, compute)
 

@@ -13,9 +13,9 @@ and ``predict`` see exactly the same pixels.
 - ``to_tiles``: the image resized to exactly that grid (a rescale of at most ~25%) and cut;
 - ``views``: test-time views of each tile (identity, mirror, quarter turn): tissue has no
   orientation, and averaging over them steadies the score.
-- ``zoom`` (tile_grid, to_tiles; 1.0 everywhere in the pipeline): the grid of the image
-  magnified ``zoom`` times, so each tile covers ``tile_size / zoom`` native pixels and the
-  nuclei fill more of the backbone's receptive field (the quality benchmark's
+- ``zoom`` (tile_grid, to_tiles, image_views; 1.0 everywhere in the pipeline): the grid of
+  the image magnified ``zoom`` times, so each tile covers ``tile_size / zoom`` native pixels
+  and the nuclei fill more of the backbone's receptive field (the quality benchmark's
   ``probe-tiles-zoom`` measures it).
 """
 
@@ -63,6 +63,8 @@ def views(tiles: tf.Tensor) -> tf.Tensor:
     return tf.concat([tiles, tf.image.flip_left_right(tiles), tf.image.rot90(tiles)], axis=0)
 
 
-def image_views(image_bytes: tf.Tensor, tile_size: int, max_tiles: int) -> tf.Tensor:
+def image_views(
+    image_bytes: tf.Tensor, tile_size: int, max_tiles: int, zoom: float = 1.0
+) -> tf.Tensor:
     """Encoded image -> every view of every tile: what one image-level score averages over."""
-    return views(to_tiles(decode(image_bytes), tile_size, max_tiles))
+    return views(to_tiles(decode(image_bytes), tile_size, max_tiles, zoom))
