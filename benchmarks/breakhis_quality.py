@@ -122,6 +122,7 @@ PROBE_ARMS: dict[str, tuple[str, bool, bool]] = {
     "probe-tiles-mobilenet-densenet": ("tiles:mobilenet_v2+tiles:densenet121", True, False),
     "probe-tiles-overlap": ("overlap", True, False),
     "probe-tiles-zoom": ("zoom", True, False),
+    "probe-tiles-multiscale": ("multiscale", True, False),
     "probe-pathmnist-head": ("pathmnist", True, False),
     "probe-tiles-pathmnist": ("tiles+pathmnist", True, False),
     "probe-tiles-spread": ("tiles+spread", True, False),
@@ -136,6 +137,7 @@ FEATURE_KINDS = (
     "tiles",
     "overlap",
     "zoom",
+    "multiscale",
     "spread",
     "pathmnist",
     "external",
@@ -331,6 +333,11 @@ class FeatureBank:
             return tf.reduce_mean(network(views, training=False), 0).numpy()
 
         return self._per_image(f"zoom/{backbone}", items, compute)
+
+    def multiscale(self, backbone: str, items: list[Item]) -> np.ndarray:
+        """[n, D] the mean of the native tiles' features and the zoomed tiles' (each scale
+        weighing the same, whatever its tile count; a variant)."""
+        return (self.tiles(backbone, items) + self.zoom(backbone, items)) / 2
 
     def spread(self, backbone: str, items: list[Item]) -> np.ndarray:
         """[n, D] standard deviation of the features over every view of every tile: how
