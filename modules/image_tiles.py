@@ -13,15 +13,23 @@ and ``predict`` see exactly the same pixels.
 - ``to_tiles``: the image resized to exactly that grid (a rescale of at most ~25%) and cut;
 - ``views``: test-time views of each tile (identity, mirror, quarter turn): tissue has no
   orientation, and averaging over them steadies the score.
-- ``zoom`` (tile_grid, to_tiles, image_views; 1.0 everywhere in the pipeline): the grid of
-  the image magnified ``zoom`` times, so each tile covers ``tile_size / zoom`` native pixels
-  and the nuclei fill more of the backbone's receptive field (the quality benchmark's
-  ``probe-tiles-zoom`` measures it).
+- ``zoom`` (tile_grid, to_tiles, image_views): the grid of the image magnified ``zoom``
+  times, so each tile covers ``tile_size / zoom`` native pixels and the nuclei fill more of
+  the backbone's receptive field (as at a higher magnification);
+- ``scales`` (``scaled_views``; the Trainer's ``tile_scales``): the zooms an image is read
+  at. Its score is the mean over scales of the mean over that scale's tiles and views, so
+  each scale weighs the same however many tiles it has. Each scale's tile cap is
+  ``max_tiles`` grown with its area (``scale_cap``), so it still only stops unusually large
+  images. (1.0 alone: native tiles only; the quality benchmark measures the others.)
 """
+
+import math
+from collections.abc import Sequence
 
 import tensorflow as tf
 
 VIEWS = 3  # identity, left-right mirror, quarter turn
+NATIVE_SCALES = (1.0,)  # what models without a recorded ``tile_scales`` were trained on
 
 
 def decode(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -68,3 +76,36 @@ def image_views(
 ) -> tf.Tensor:
     """Encoded image -> every view of every tile: what one image-level score averages over."""
     return views(to_tiles(decode(image_bytes), tile_size, max_tiles, zoom))
+
+
+def parse_scales(value: str | Sequence[float]) -> tuple[float, ...]:
+    """``"1.0,1.5"`` (a setting) or a sequence (a model's metadata) -> the zooms, checked."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        scales = tuple(float(part) for part in parts if str(part).strip())
+    except ValueError as error:
+        raise ValueError(f"tile scales must be numbers like '1.0,1.5'; got {value!r}") from error
+    if not scales or any(not math.isfinite(z) or not 0.25 <= z <= 4.0 for z in scales):
+        raise ValueError(f"tile scales must be zooms between 0.25 and 4; got {value!r}")
+    if len(set(scales)) != len(scales):
+        raise ValueError(f"tile scales must not repeat; got {value!r}")
+    return scales
+
+
+def scale_cap(max_tiles: int, zoom: float) -> int:
+    """The tile cap at ``zoom``: ``max_tiles`` grown with the magnified area."""
+    return max(1, math.ceil(max_tiles * zoom**2 - 1e-9))
+
+
+def scaled_tiles(
+    image: tf.Tensor, tile_size: int, max_tiles: int, scales: Sequence[float]
+) -> list[tf.Tensor]:
+    """Float [H, W, 3] -> one [n_scale, S, S, 3] tile stack per scale."""
+    return [to_tiles(image, tile_size, scale_cap(max_tiles, z), z) for z in scales]
+
+
+def scaled_views(
+    image_bytes: tf.Tensor, tile_size: int, max_tiles: int, scales: Sequence[float]
+) -> list[tf.Tensor]:
+    """Encoded image -> every view of every tile, one stack per scale (decoded once)."""
+    return [views(t) for t in scaled_tiles(decode(image_bytes), tile_size, max_tiles, scales)]

@@ -13,6 +13,7 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 from tfx.dsl.io import fileio
 
+from components.eval_report import sources
 from modules import features
 
 
@@ -56,7 +57,7 @@ def summarize(connection_config: metadata_store_pb2.ConnectionConfig) -> dict[st
         validation = tfma.load_validation_result(evaluation.uri)
         summary["blessed"] = bool(validation.validation_ok)
         summary["failed_checks"] = [
-            f"{f.metric_key.name}: {f.message}"
+            sources.failure_text(f)
             for per_slice in validation.metric_validations_per_slice
             for f in per_slice.failures
         ]

@@ -105,6 +105,10 @@ SETTINGS: tuple[Setting, ...] = (
       "/histopath-tfx on the machine that trains", "", "weights_cache_dir"),
     S("HISTO_MAX_TILES", "training", int, 12,
       "tiles per image at most (larger images are shrunk to fit)", "tiles", "max_tiles"),
+    S("HISTO_TILE_SCALES", "training", str, "1.0",
+      "zooms each image is read at, comma-separated: 1.0 native tiles; 1.0,1.5 adds tiles of "
+      "the image magnified 1.5x (each scale weighs the same in the image's score)", "",
+      "tile_scales"),
     S("HISTO_BATCH_SIZE", "training", int, 16,
       "fine-tuning batch per replica", "tiles", "batch_size"),
     S("HISTO_HEAD_BATCH_SIZE", "training", int, 32,

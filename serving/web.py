@@ -55,7 +55,11 @@ class ModelFacts:
         if m:
             rows += [
                 ("backbone", f"{m.get('backbone')} ({m.get('weights_source', '?')})"),
-                ("tiles", f"{m.get('tile_size')} px, at most {m.get('max_tiles')} per image"),
+                (
+                    "tiles",
+                    f"{m.get('tile_size')} px, at most {m.get('max_tiles')} per image, "
+                    f"read at {', '.join(f'{z:g}x' for z in m.get('tile_scales', [1.0]))}",
+                ),
                 ("threshold", f"{calibration.get('threshold')} ({calibration.get('fitted_on')})"),
                 ("trained on", json.dumps(m.get("train_images_per_class", {}))),
                 ("eval split", json.dumps(m.get("eval_images_per_class", {})) + refit),

@@ -108,6 +108,27 @@ def test_blessing_section_explains_a_rejection():
     assert "NOT BLESSED" in page and "0.7000" in page and "0.9000" in page
 
 
+def test_a_failed_check_says_what_it_saw_and_the_rule_it_broke():
+    # TFMA leaves ``message`` empty for thresholds; the console and the report need both.
+    threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": 0.6}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -0.01 - 1e-10}
+        ),
+    )
+    floor = validation_result_pb2.ValidationFailure(metric_threshold=threshold)
+    floor.metric_key.name = "auc"
+    floor.metric_value.double_value.value = 0.5858974
+    assert sources.failure_text(floor) == "auc = 0.5859, needs auc >= 0.6"
+    drop = validation_result_pb2.ValidationFailure()
+    drop.CopyFrom(floor)
+    drop.metric_key.is_diff = True
+    drop.metric_value.double_value.value = -0.03
+    assert sources.failure_text(drop) == (
+        "auc - baseline auc = -0.03, needs auc - baseline auc >= -0.01"
+    )
+
+
 # --- The report of the session's pipeline run ---
 
 

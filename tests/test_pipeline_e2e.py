@@ -180,3 +180,66 @@ def test_leaking_split_stops_the_run_before_transform(demo_data, tmp_path):
     states = node_states(local_runner.metadata_path(output))
     assert states["PatientLeakageGate"][-1] == "FAILED"
     assert "Transform" not in states and "Trainer" not in states
+
+
+def test_a_model_read_at_two_scales_serves_explains_and_audits_as_it_trained(first_run, tmp_path):
+    """tile_scales 1.0,1.5 in the metadata (HISTO_TILE_SCALES): the exported signatures,
+    Grad-CAM's gallery and TFLite's tiles all read the image at both scales."""
+    import tensorflow_transform as tft
+    from tfx.types import standard_artifacts
+    from tfx.utils import path_utils
+
+    from components.grad_cam.component import build_gallery
+    from components.shared import audit_set
+    from components.tflite_export import runtime
+
+    model_uri = first_model_uri(first_run)
+    classifier = model_io.load_classifier(model_uri)
+    native = model_io.read_training_metadata(model_uri)
+    assert recipe.scales_of(native) == (1.0,)  # the default reads native tiles only
+    # A large temperature keeps the demo model's confident answers off 0 and 1, so the
+    # probabilities show the logits' differences.
+    calibration = {**native["calibration"], "temperature": 1000.0}
+    native = {**native, "calibration": calibration}
+    metadata = {**native, "tile_scales": [1.0, 1.5]}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(model_uri)))
+    transform_graph = tf.io.gfile.glob(os.path.join(root, "Transform", "transform_graph", "*"))
+    two_scale_uri = str(tmp_path / "model")
+    export.export_model(
+        classifier,
+        tft.TFTransformOutput(transform_graph[0]),
+        path_utils.serving_model_path(two_scale_uri),
+        metadata,
+        recipe.calibration_of(metadata),
+    )
+    examples = standard_artifacts.Examples()
+    examples.uri = tf.io.gfile.glob(os.path.join(root, "ImportExampleGen", "examples", "*"))[0]
+    examples.split_names = '["train", "eval", "test"]'
+    images = [image for _, image in audit_set.load_audit_set(examples, "test", 2)]
+
+    loaded = tf.saved_model.load(model_io.serving_dir(two_scale_uri))
+    served = loaded.signatures["explain_image"](image_bytes=tf.constant(images))
+    expected = model_io.image_probabilities(classifier, images, metadata)
+    np.testing.assert_allclose(served[features.PROBABILITY_OUTPUT], expected, atol=1e-5)
+    one_scale = model_io.image_probabilities(classifier, images, native)
+    assert np.abs(np.array(expected) - np.array(one_scale)).max() > 1e-4
+    # Its heatmap: each scale's maps (the component's math), averaged.
+    network = grad_cam.cam_network(classifier, metadata["last_conv_layer"])
+    side = features.HEATMAP_SIDE
+    per_scale = [
+        grad_cam.image_heatmaps(network, tf.constant(t.tiles), t.rows, t.cols, side)[0]
+        for t in model_io.tile_scales(images[0], native["tile_size"], native["max_tiles"], metadata)
+    ]
+    np.testing.assert_allclose(
+        served[features.HEATMAP_OUTPUT][0], (per_scale[0] + per_scale[1]) / 2, atol=1e-4
+    )
+    summary = build_gallery(two_scale_uri, examples, "test", 1, str(tmp_path))
+    assert summary["status"] == "ok" and len(summary["tiles"]) == 2
+    for tile in summary["tiles"]:
+        assert os.path.getsize(tmp_path / tile["png"]) > 0
+    size, cap = native["tile_size"], native["max_tiles"]
+    _, counts = runtime.preprocess(images[:1], size, cap, recipe.scales_of(metadata))
+    (_, native_counts), (_, zoomed_counts) = (
+        runtime.preprocess(images[:1], size, cap, (z,)) for z in (1.0, 1.5)
+    )
+    assert counts == [native_counts[0] + zoomed_counts[0]] and zoomed_counts[0] > native_counts[0]

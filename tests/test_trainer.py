@@ -215,6 +215,19 @@ def test_zoomed_tiles_cover_fewer_native_pixels_each():
     )
 
 
+def test_tile_scales_are_read_from_settings_and_metadata_and_checked():
+    assert image_tiles.parse_scales("1.0, 1.5") == (1.0, 1.5)
+    assert image_tiles.parse_scales([1.0]) == image_tiles.NATIVE_SCALES
+    assert recipe.scales_of({}) == (1.0,)  # a model from before tile_scales: native tiles
+    for bad in ("", "1.0,x", "1.0,1.0", "1.0,9", "nan"):
+        with pytest.raises(ValueError, match="HISTO_TILE_SCALES"):
+            recipe.scales_of({"tile_scales": bad})
+    # Each scale's cap grows with its area: a 700x460 image keeps its 3 x 5 zoomed grid.
+    assert image_tiles.scale_cap(12, 1.0) == 12 and image_tiles.scale_cap(12, 1.5) == 27
+    stacks = image_tiles.scaled_tiles(tf.zeros([460, 700, 3]), 224, 12, (1.0, 1.5))
+    assert [int(t.shape[0]) for t in stacks] == [6, 15]
+
+
 def test_tiles_are_the_resized_image_cut_row_major():
     image = tf.random.uniform([2 * SIZE, 3 * SIZE, 3], seed=1)
     tiles = image_tiles.to_tiles(image, SIZE, 12).numpy()
@@ -433,6 +446,41 @@ def test_the_recipe_trains_calibrates_and_scores_like_the_exported_graph(weights
     np.testing.assert_allclose(graph, trained.eval_logits, rtol=1e-4, atol=1e-4)
 
 
+def test_with_two_scales_each_scale_weighs_the_same_in_training_and_the_graph(weights_file, splits):
+    """tile_scales 1.0,1.5: the features are the mean of the scales' means, the image
+    logit the mean of the scales' logits, and the graph still scores like the recipe."""
+    tf.keras.utils.set_random_seed(0)
+    hp = tiny_settings(
+        weights=weights_file, epochs_head=10, head_refit=False, tile_scales="1.0,1.5"
+    )
+    train, evaluation = (
+        pairs(splits[f"{s}_images"], splits[f"{s}_labels"]) for s in ("train", "eval")
+    )
+    trained = recipe.train(train, evaluation, hp)
+    network = recipe.features_model(trained.model)
+    both, _ = recipe.image_features(network, evaluation(), SIZE, 12, scales=(1.0, 1.5))
+    native, _ = recipe.image_features(network, evaluation(), SIZE, 12)
+    zoomed, _ = recipe.image_features(network, evaluation(), SIZE, 12, scales=(1.5,))
+    # (random backbone weights: tiny features, so compared relatively)
+    np.testing.assert_allclose(both, (native + zoomed) / 2, rtol=1e-4, atol=0)
+    assert not np.allclose(native, zoomed, rtol=1e-2, atol=0)  # 2 x 3 tiles against 3 x 4
+    tile_logit = recipe.logit_model(trained.model)
+
+    def graph(image: bytes, scales: tuple) -> float:
+        return float(recipe.image_logit(tile_logit, tf.constant(image), SIZE, 12, scales))
+
+    images = splits["eval_images"]
+    np.testing.assert_allclose(
+        [graph(i, (1.0, 1.5)) for i in images], trained.eval_logits, rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        [graph(i, (1.0, 1.5)) for i in images],
+        [(graph(i, (1.0,)) + graph(i, (1.5,))) / 2 for i in images],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
 def test_with_head_refit_the_recipe_refits_for_the_kept_epochs(weights_file, splits):
     """Calibration comes from the held-out head; then the head retrains on both splits."""
     tf.keras.utils.set_random_seed(0)
@@ -549,3 +597,19 @@ def test_the_tile_input_is_the_same_with_or_without_its_cache(n_images):
     tiles, tile_labels = next(iter(dataset))
     assert tiles.shape == (4, SIZE, SIZE, 3) and tile_labels.shape == (4,)
     assert 0.0 <= float(tf.reduce_min(tiles)) and float(tf.reduce_max(tiles)) <= 1.0
+
+
+def test_fine_tuning_sees_the_tiles_of_every_scale():
+    # A 64x96 benign image: 2 x 3 native tiles of 32 px, 3 x 4 at 1.5x; a 32x32 malignant
+    # one: 1 tile, and 2 x 2 at 1.5x. One epoch is 23 tiles of which 5 malignant (native
+    # tiles only: 7 and 1), so four epochs hold exactly 20 malignant tiles (not 13 or 14).
+    hp = tiny_settings(batch_size=92, tile_scales="1.0,1.5")
+    images = [encoded_images(1)[0], encoded_images(1, shape=(SIZE, SIZE))[0]]
+    dataset = recipe.tile_dataset(pairs(images, [0, 1])(), hp, seed=1, n_images=2)
+    tiles, tile_labels = next(iter(dataset))
+    assert tiles.shape == (92, SIZE, SIZE, 3)
+    assert int(tf.reduce_sum(tile_labels)) == 20
+    # The in-memory budget counts every scale's cap: 12 + 27 tiles of 224 px per image.
+    one_scale = hyperparameters.hyperparameters(trainer_config(image_size=224, max_tiles=12))
+    assert recipe.tile_cache_fits(500, one_scale)
+    assert not recipe.tile_cache_fits(500, {**one_scale, "tile_scales": "1.0,1.5"})

@@ -97,6 +97,30 @@ def _describe(threshold: tfma.MetricThreshold, name: str) -> list[str]:
     return rules
 
 
+def failed_rules(failure: Any) -> list[str]:
+    """The rules a TFMA ``ValidationFailure`` broke: the change rules when its value is the
+    difference to the baseline, else the value bounds (a threshold can hold both)."""
+    name = failure.metric_key.name
+    broken = tfma.MetricThreshold()
+    if failure.metric_key.is_diff:
+        broken.change_threshold.CopyFrom(failure.metric_threshold.change_threshold)
+    else:
+        broken.value_threshold.CopyFrom(failure.metric_threshold.value_threshold)
+    return _describe(broken, name) or _describe(failure.metric_threshold, name)
+
+
+def failure_text(failure: Any) -> str:
+    """One failed blessing check in words, e.g. ``auc = 0.5859, needs auc >= 0.6`` (TFMA
+    leaves ``message`` empty for threshold checks)."""
+    name = failure.metric_key.name
+    shown = f"{name} - baseline {name}" if failure.metric_key.is_diff else name
+    if failure.metric_value.HasField("double_value"):
+        value = failure.metric_value.double_value.value
+        shown += f" = {value:+.4g}" if failure.metric_key.is_diff else f" = {value:.4g}"
+    text = f"{shown}, needs {' and '.join(failed_rules(failure))}"
+    return f"{text} ({failure.message.strip()})" if failure.message.strip() else text
+
+
 def thresholds(config: tfma.EvalConfig) -> list[dict[str, Any]]:
     """Every blessing rule of the EvalConfig, with the slices it applies to."""
     rules = []
@@ -124,7 +148,7 @@ def blessing_facts(data: EvalData, blessed: bool) -> dict[str, Any]:
         where = derive.slice_label(slice_key(per_slice.slice_key))
         for failure in per_slice.failures:
             value = failure.metric_value.double_value.value
-            rules = _describe(failure.metric_threshold, failure.metric_key.name)
+            rules = failed_rules(failure)
             failures.append(
                 {
                     "slice": where,

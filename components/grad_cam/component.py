@@ -46,7 +46,7 @@ def build_gallery(model_uri: str, examples: Artifact, split: str, per_class: int
     metadata = model_io.read_training_metadata(model_uri)
     tiles = audit_set.load_audit_set(examples, split, per_class)
     size, max_tiles = model_io.tile_size(model), int(metadata.get("max_tiles", 1))
-    tiled = [model_io.tile_image(image, size, max_tiles) for _, image in tiles]
+    tiled = [model_io.tile_scales(image, size, max_tiles, metadata) for _, image in tiles]
     probabilities = model_io.image_probabilities(model, [image for _, image in tiles], metadata)
     threshold = export.operating_threshold(metadata)
     facts = {
@@ -57,10 +57,10 @@ def build_gallery(model_uri: str, examples: Artifact, split: str, per_class: int
     }
     summary = {"split": split, "per_class": per_class, "tiles": [], **facts}
     try:
-        # One Grad-CAM per tile (what the model scores), stitched back over the image.
-        results = [
-            cam.grad_cam(model, t.tiles, metadata.get("last_conv_layer"), joint=True) for t in tiled
-        ]
+        # One Grad-CAM per tile (what the model scores) of every scale, stitched back over
+        # the image; the scales' maps are averaged as their logits are.
+        hint = metadata.get("last_conv_layer")
+        results = [[cam.grad_cam(model, t.tiles, hint, joint=True) for t in ts] for ts in tiled]
     except ValueError as error:
         logging.warning("Grad-CAM unavailable: %s", error)
         summary.update(status="unavailable", reason=str(error))
@@ -68,15 +68,17 @@ def build_gallery(model_uri: str, examples: Artifact, split: str, per_class: int
         _write(out, GALLERY_FILE, f"<!DOCTYPE html><html><body>{body}</body></html>")
         _write(out, SUMMARY_FILE, json.dumps(summary, indent=2))
         return summary
-    result = results[0] if results else None
+    result = results[0][0] if results else None
     if result is not None:
         facts.update(conv_layer=f"{result.conv_layer} (from {result.conv_layer_source})")
     entries = []
     for index, (tile, _) in enumerate(tiles):
         png = f"{index:02d}_{features.LABEL_NAMES[tile.label]}.png"
-        image = tiled[index].stitch(tiled[index].tiles)
-        heat = tiled[index].stitch(results[index].heatmaps)
-        benign = tiled[index].stitch(results[index].benign_heatmaps)
+        scales = list(zip(tiled[index], results[index], strict=True))
+        image = scales[0][0].stitch(scales[0][0].tiles)
+        shape = image.shape[:2]
+        heat = model_io.mean_map([t.stitch(r.heatmaps) for t, r in scales], shape)
+        benign = model_io.mean_map([t.stitch(r.benign_heatmaps) for t, r in scales], shape)
         _write(out, png, render.triptych_png(image, heat, benign))
         probability = probabilities[index]
         entry = render.GalleryEntry(

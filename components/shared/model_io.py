@@ -85,13 +85,27 @@ class TiledImage:
         return grid.transpose(order).reshape(self.rows * s, self.cols * s, *rest)
 
 
-def tile_image(encoded: bytes, size: int, max_tiles: int) -> TiledImage:
-    """Encoded image -> its tiles, with the serving path's own code (modules/image_tiles)."""
+def tile_image(encoded: bytes, size: int, max_tiles: int, zoom: float = 1.0) -> TiledImage:
+    """Encoded image -> its tiles at ``zoom``, with the serving path's own code
+    (modules/image_tiles; the tile cap grows with the zoom, as there)."""
     image = image_tiles.decode(tf.constant(encoded))
     shape = tf.shape(image)
-    rows, cols = image_tiles.tile_grid(shape[0], shape[1], size, max_tiles)
-    tiles = image_tiles.to_tiles(image, size, max_tiles).numpy()
+    cap = image_tiles.scale_cap(max_tiles, zoom)
+    rows, cols = image_tiles.tile_grid(shape[0], shape[1], size, cap, zoom)
+    tiles = image_tiles.to_tiles(image, size, cap, zoom).numpy()
     return TiledImage(tiles, int(rows), int(cols))
+
+
+def tile_scales(encoded: bytes, size: int, max_tiles: int, metadata: dict) -> list[TiledImage]:
+    """The image at every scale the model reads it at (``tile_scales`` in its metadata)."""
+    return [tile_image(encoded, size, max_tiles, z) for z in recipe.scales_of(metadata)]
+
+
+def mean_map(maps: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Per-scale maps over the same image, resized to ``shape`` and averaged (each scale
+    weighs the same, as in the image's score)."""
+    resized = [tf.image.resize(m[..., np.newaxis], shape).numpy()[..., 0] for m in maps]
+    return np.mean(resized, axis=0).astype(np.float32)
 
 
 def image_probabilities(model: tf.keras.Model, encoded: list[bytes], metadata: dict) -> list[float]:
@@ -99,10 +113,12 @@ def image_probabilities(model: tf.keras.Model, encoded: list[bytes], metadata: d
     tile_logit = recipe.logit_model(model)
     calibration = recipe.calibration_of(metadata)
     size, max_tiles = tile_size(model), int(metadata.get("max_tiles", 1))
+    scales = recipe.scales_of(metadata)
     return [
         float(
             recipe.probability(
-                recipe.image_logit(tile_logit, tf.constant(e), size, max_tiles), calibration
+                recipe.image_logit(tile_logit, tf.constant(e), size, max_tiles, scales),
+                calibration,
             )
         )
         for e in encoded

@@ -23,7 +23,7 @@ from tfx.types.artifact import Artifact
 from components.shared import audit_set, model_io
 from components.tflite_export import convert, parity, runtime
 from modules import features
-from modules.trainer import export
+from modules.trainer import export, recipe
 from pipeline import settings
 
 MODEL_FILE = "model.tflite"
@@ -141,10 +141,11 @@ def export_tflite(
     selected = [
         item for split in splits for item in audit_set.load_audit_set(examples, split, per_class)
     ]
-    max_tiles = int(model_io.read_training_metadata(model_uri).get("max_tiles", 1))
+    metadata = model_io.read_training_metadata(model_uri)
+    max_tiles, scales = int(metadata.get("max_tiles", 1)), recipe.scales_of(metadata)
     encoded = [image for _, image in selected]
     tiled = [
-        runtime.preprocess(encoded[i : i + CHUNK], size, max_tiles)
+        runtime.preprocess(encoded[i : i + CHUNK], size, max_tiles, scales)
         for i in range(0, len(encoded), CHUNK)
     ]
     # Parity is judged per tile: the TFLite model is the tile classifier.

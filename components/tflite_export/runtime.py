@@ -4,11 +4,14 @@ The TFLite model is the tile classifier: float32 [1, S, S, 3] RGB in [0, 1], whe
 tile size (``input_size``), -> the malignant probability [1, 1] of that tile. A client cuts
 an image into tiles the way ``modules/image_tiles`` does (decode to RGB, scale to [0, 1],
 resize to a grid of ``round(side / S)`` tiles each way with antialiased bilinear
-resampling, cut) and averages the tiles' logits; ``preprocess`` cuts the tiles with
+resampling, cut; at every zoom of the model's ``tile_scales``) and averages the tiles'
+logits (per scale, then over the scales); ``preprocess`` cuts the tiles with
 TensorFlow's ops; docs/serving.md explains the substitutes on a device without TensorFlow.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -16,9 +19,23 @@ import tensorflow as tf
 from modules import image_tiles
 
 
-def preprocess(encoded: list[bytes], size: int, max_tiles: int) -> tuple[np.ndarray, list[int]]:
-    """Encoded images -> (float32 [tiles, size, size, 3] in [0, 1], tiles per image)."""
-    tiles = [image_tiles.to_tiles(image_tiles.decode(e), size, max_tiles).numpy() for e in encoded]
+def preprocess(
+    encoded: list[bytes],
+    size: int,
+    max_tiles: int,
+    scales: Sequence[float] = image_tiles.NATIVE_SCALES,
+) -> tuple[np.ndarray, list[int]]:
+    """Encoded images -> (float32 [tiles, size, size, 3] in [0, 1], tiles per image), every
+    scale's tiles of an image in a row (``image_tiles.scaled_tiles``)."""
+    tiles = [
+        np.concatenate(
+            [
+                t.numpy()
+                for t in image_tiles.scaled_tiles(image_tiles.decode(e), size, max_tiles, scales)
+            ]
+        )
+        for e in encoded
+    ]
     if not tiles:
         return np.zeros((0, size, size, 3), np.float32), []
     return np.concatenate(tiles), [len(t) for t in tiles]

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -51,6 +52,7 @@ def build_signatures(
     max_tiles: int,
     calibration: recipe.Calibration,
     conv_hint: str | None = None,
+    scales: Sequence[float] = image_tiles.NATIVE_SCALES,
 ) -> dict:
     """The four signatures, sharing one Transform layer tracked by the model (three for a
     model without a conv feature map, which Grad-CAM cannot explain)."""
@@ -69,7 +71,7 @@ def build_signatures(
     names = tf.constant(list(features.LABEL_NAMES))
 
     def image_logit(image_bytes: tf.Tensor) -> tf.Tensor:
-        return recipe.image_logit(model.tile_logit, image_bytes, tile_size, max_tiles)
+        return recipe.image_logit(model.tile_logit, image_bytes, tile_size, max_tiles, scales)
 
     def predict_from_raw(raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         encoded = tf.reshape(model.tft_layer(raw)[features.TRANSFORMED_IMAGE_KEY], [-1])
@@ -92,11 +94,17 @@ def build_signatures(
         return predict_from_raw({features.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
 
     def heatmaps(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Each scale's maps cover the whole image: averaged, as the scales' logits are."""
         image = image_tiles.decode(image_bytes)
         shape = tf.shape(image)
-        rows, cols = image_tiles.tile_grid(shape[0], shape[1], tile_size, max_tiles)
-        tiles = image_tiles.to_tiles(image, tile_size, max_tiles)
-        return grad_cam.image_heatmaps(cam, tiles, rows, cols, features.HEATMAP_SIDE)
+        per_scale = []
+        for zoom in scales:
+            cap = image_tiles.scale_cap(max_tiles, zoom)
+            rows, cols = image_tiles.tile_grid(shape[0], shape[1], tile_size, cap, zoom)
+            tiles = image_tiles.to_tiles(image, tile_size, cap, zoom)
+            per_scale.append(grad_cam.image_heatmaps(cam, tiles, rows, cols, features.HEATMAP_SIDE))
+        malignant, benign = zip(*per_scale, strict=True)
+        return tf.add_n(malignant) / len(scales), tf.add_n(benign) / len(scales)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def explain_image_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -147,6 +155,7 @@ def export_model(
         int(metadata["max_tiles"]),
         calibration,
         metadata.get("last_conv_layer"),
+        recipe.scales_of(metadata),
     )
     tf.saved_model.save(serving_module(model), serving_model_dir, signatures=signatures)
     extra = os.path.join(serving_model_dir, METADATA_DIR)

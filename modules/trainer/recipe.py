@@ -1,7 +1,8 @@
 """The training recipe: what wins on real tissue, measured by ``benchmarks/breakhis_quality.py``.
 
 1. **Tiles at native resolution** (``modules/image_tiles``): every view of every tile goes
-   through the frozen ImageNet backbone once; an image's feature is the mean over them.
+   through the frozen ImageNet backbone once; an image's feature is the mean over them (with
+   several ``tile_scales``, the mean over scales of each scale's mean).
 2. **Head on cached features**: the classifier's head (standardisation, dropout, one logistic
    unit with L2) trains on those features for many cheap epochs, class-balanced, with early
    stopping on the eval split's image-level AUC. The head is linear, so the image logit is
@@ -28,7 +29,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,7 @@ HYPERPARAMETERS: tuple[str, ...] = (
     "weights",
     "weights_cache_dir",
     "max_tiles",
+    "tile_scales",
     "batch_size",
     "head_batch_size",
     "epochs_head",
@@ -95,10 +97,30 @@ class TrainedClassifier:
     eval_labels: np.ndarray
 
 
-def image_logit(tile_logit: tf.keras.Model, image_bytes: tf.Tensor, size: int, max_tiles: int):
-    """One encoded image -> its logit: the mean over every view of every tile (a scalar)."""
-    views = image_tiles.image_views(image_bytes, size, max_tiles)
-    return tf.reduce_mean(tf.cast(tile_logit(views, training=False), tf.float32))
+def scales_of(hp_or_metadata: dict[str, Any]) -> tuple[float, ...]:
+    """The zooms a recipe reads its images at (``tile_scales``; native only when absent)."""
+    try:
+        return image_tiles.parse_scales(
+            hp_or_metadata.get("tile_scales", image_tiles.NATIVE_SCALES)
+        )
+    except ValueError as error:
+        raise ValueError(f"tile_scales (HISTO_TILE_SCALES): {error}") from error
+
+
+def image_logit(
+    tile_logit: tf.keras.Model,
+    image_bytes: tf.Tensor,
+    size: int,
+    max_tiles: int,
+    scales: Sequence[float] = image_tiles.NATIVE_SCALES,
+):
+    """One encoded image -> its logit: the mean over every view of every tile (a scalar),
+    each scale weighing the same."""
+    per_scale = [
+        tf.reduce_mean(tf.cast(tile_logit(views, training=False), tf.float32))
+        for views in image_tiles.scaled_views(image_bytes, size, max_tiles, scales)
+    ]
+    return tf.add_n(per_scale) / len(per_scale)
 
 
 def probability(logit: tf.Tensor, calibration: Calibration) -> tf.Tensor:
@@ -127,32 +149,38 @@ def image_features(
     tile_size: int,
     max_tiles: int,
     cache: dict[str, np.ndarray] | None = None,
+    scales: Sequence[float] = image_tiles.NATIVE_SCALES,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """([n, D] mean feature over every view of every tile, [n] labels) of a dataset.
+    """([n, D] mean feature over every view of every tile, [n] labels) of a dataset; with
+    several ``scales`` the mean of each scale's mean.
 
     ``cache`` (the benchmark's, across folds) maps an image's digest to its feature; it must
-    belong to one frozen ``network``.
+    belong to one frozen ``network`` and one set of ``scales``.
     """
 
     @tf.function(reduce_retracing=True)
-    def mean_feature(views: tf.Tensor) -> tf.Tensor:
+    def view_mean(views: tf.Tensor) -> tf.Tensor:
         return tf.reduce_mean(tf.cast(network(views, training=False), tf.float32), axis=0)
 
+    def mean_feature(per_scale: tuple) -> np.ndarray:
+        return np.mean([view_mean(views).numpy() for views in per_scale], axis=0)
+
     def with_views(image: tf.Tensor, label: tf.Tensor):
-        return image, image_tiles.image_views(image, tile_size, max_tiles), label
+        per_scale = image_tiles.scaled_views(image, tile_size, max_tiles, scales)
+        return image, tuple(per_scale), label
 
     rows, labels = [], []
     if cache is None:
         # Decoding and tiling run in tf.data's threads, ahead of the backbone.
         tiled = images.map(with_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         for _, views, label in tiled.prefetch(tf.data.AUTOTUNE):
-            rows.append(mean_feature(views).numpy())
+            rows.append(mean_feature(views))
             labels.append(int(label))
     else:  # decode only what the cache lacks
         for image, label in images.prefetch(tf.data.AUTOTUNE):
             key = hashlib.sha1(image.numpy()).hexdigest()
             if key not in cache:
-                cache[key] = mean_feature(with_views(image, label)[1]).numpy()
+                cache[key] = mean_feature(with_views(image, label)[1])
             rows.append(cache[key])
             labels.append(int(label))
     width = int(network.output_shape[-1])
@@ -302,23 +330,25 @@ def refit_head(
 
 def tile_cache_fits(n_images: int | None, hp: dict[str, Any]) -> bool:
     """Whether every training tile, decoded, fits the in-memory budget (``tile_cache_mb``),
-    counting ``max_tiles`` float32 tiles per image (an upper bound). Above it each epoch
-    decodes again: memory stays flat however many images there are."""
+    counting every scale's tile cap of float32 tiles per image (an upper bound). Above it
+    each epoch decodes again: memory stays flat however many images there are."""
     if n_images is None:
         return False
     size, max_tiles = int(hp["image_size"]), int(hp["max_tiles"])
-    return n_images * max_tiles * size * size * 3 * 4 <= float(hp["tile_cache_mb"]) * 2**20
+    per_image = sum(image_tiles.scale_cap(max_tiles, z) for z in scales_of(hp))
+    return n_images * per_image * size * size * 3 * 4 <= float(hp["tile_cache_mb"]) * 2**20
 
 
 def tile_dataset(
     images: tf.data.Dataset, hp: dict[str, Any], seed: int, n_images: int | None = None
 ) -> tf.data.Dataset:
-    """Fine-tuning input: every tile of every training image, shuffled and augmented;
-    decoded once and kept in memory when ``tile_cache_fits``."""
-    size, max_tiles = int(hp["image_size"]), int(hp["max_tiles"])
+    """Fine-tuning input: every tile (of every scale) of every training image, shuffled and
+    augmented; decoded once and kept in memory when ``tile_cache_fits``."""
+    size, max_tiles, scales = int(hp["image_size"]), int(hp["max_tiles"]), scales_of(hp)
 
     def tiles(image: tf.Tensor, label: tf.Tensor) -> tf.data.Dataset:
-        cut = image_tiles.to_tiles(image_tiles.decode(image), size, max_tiles)
+        decoded = image_tiles.decode(image)
+        cut = tf.concat(image_tiles.scaled_tiles(decoded, size, max_tiles, scales), axis=0)
         labels = tf.fill([tf.shape(cut)[0]], tf.cast(label, tf.float32))
         return tf.data.Dataset.from_tensor_slices((cut, labels))
 
@@ -466,7 +496,7 @@ def train(
     with one backbone (the benchmark's folds); it must not outlive that backbone's settings.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    size, max_tiles = int(hp["image_size"]), int(hp["max_tiles"])
+    size, max_tiles, scales = int(hp["image_size"]), int(hp["max_tiles"]), scales_of(hp)
     if built is None:
         with strategy.scope():
             built = build(hp)
@@ -476,16 +506,19 @@ def train(
     def read_features(cache: dict | None) -> tuple[tuple, tuple]:
         network = features_model(model)
         return (
-            image_features(network, train_images(), size, max_tiles, cache),
-            image_features(network, eval_images(), size, max_tiles, cache),
+            image_features(network, train_images(), size, max_tiles, cache, scales),
+            image_features(network, eval_images(), size, max_tiles, cache, scales),
         )
 
     initial_head = model.get_layer("malignant_logit").get_weights()
     started = time.monotonic()
     train_features, eval_features = read_features(feature_cache)
     progress.info(
-        "features: %d train + %d eval images, up to %d tiles x %d views each, %s (%.0f s)",
-        *(len(train_features[1]), len(eval_features[1]), max_tiles, image_tiles.VIEWS),
+        "features: %d train + %d eval images, up to %d tiles x %d views each (scales %s), "
+        "%s (%.0f s)",
+        *(len(train_features[1]), len(eval_features[1])),
+        sum(image_tiles.scale_cap(max_tiles, z) for z in scales),
+        *(image_tiles.VIEWS, ",".join(f"{z:g}" for z in scales)),
         *(backbone.name, time.monotonic() - started),
     )
     head_phase = "head"

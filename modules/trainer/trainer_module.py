@@ -52,6 +52,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "hyperparameters": hp,
         "tile_size": int(hp["image_size"]),
         "max_tiles": int(hp["max_tiles"]),
+        "tile_scales": list(recipe.scales_of(hp)),
         "calibration": {
             "temperature": trained.calibration.temperature,
             "threshold": trained.calibration.threshold,
