@@ -514,11 +514,11 @@ def train(
     started = time.monotonic()
     train_features, eval_features = read_features(feature_cache)
     progress.info(
-        "features: %d train + %d eval images, up to %d tiles x %d views each (scales %s), "
+        "features: %d train + %d eval images, up to %d tiles x %d views each (read at %s), "
         "%s (%.0f s)",
         *(len(train_features[1]), len(eval_features[1])),
         sum(image_tiles.scale_cap(max_tiles, z) for z in scales),
-        *(image_tiles.VIEWS, ",".join(f"{z:g}" for z in scales)),
+        *(image_tiles.VIEWS, ", ".join(f"{z:g}x" for z in scales)),
         *(backbone.name, time.monotonic() - started),
     )
     head_phase = "head"
