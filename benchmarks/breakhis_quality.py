@@ -298,7 +298,7 @@ class FeatureBank:
             self._networks[backbone] = recipe.features_model(model)
         return self._networks[backbone]
 
-    def cache(self, backbone: str, views: bool, scales: str) -> dict[str, np.ndarray]:
+    def cache(self, backbone: str, views: bool, scales: tuple) -> dict[str, np.ndarray]:
         return self.recipe_cache.setdefault(f"{backbone}/views={views}/scales={scales}", {})
 
     def _per_image(
@@ -339,10 +339,10 @@ class FeatureBank:
         is cut (each tile covers fewer native pixels; a variant). The tile cap grows by the
         same area, so it still only stops unusually large images."""
         network = self.network(backbone)
-        max_tiles = image_tiles.scale_cap(self.max_tiles, TILE_ZOOM)
 
         def compute(item: Item) -> np.ndarray:
-            views = image_tiles.image_views(tf.constant(item.data), self.size, max_tiles, TILE_ZOOM)
+            image = tf.constant(item.data)
+            (views,) = image_tiles.scaled_views(image, self.size, self.max_tiles, (TILE_ZOOM,))
             return tf.reduce_mean(network(views, training=False), 0).numpy()
 
         return self._per_image(f"zoom/{backbone}", items, compute)
@@ -607,7 +607,7 @@ def arm_runner(arm: str, bank: FeatureBank, seed: int) -> Callable[[Fold, bool],
     stain_copies = int(settings.pop("stain_copies", 0))
     hp = hyperparameters({**configs.trainer_config(), **settings, "seed": seed})
     fine_tuned = int(hp["epochs_fine_tune"]) > 0
-    cache = None if fine_tuned else bank.cache(hp["backbone"], views, str(hp["tile_scales"]))
+    cache = None if fine_tuned else bank.cache(hp["backbone"], views, recipe.scales_of(hp))
 
     def run(fold: Fold, first: bool) -> Scores:
         return recipe_scores(fold, hp, cache, first)

@@ -13,7 +13,7 @@ and ``predict`` see exactly the same pixels.
 - ``to_tiles``: the image resized to exactly that grid (a rescale of at most ~25%) and cut;
 - ``views``: test-time views of each tile (identity, mirror, quarter turn): tissue has no
   orientation, and averaging over them steadies the score.
-- ``zoom`` (tile_grid, to_tiles, image_views): the grid of the image magnified ``zoom``
+- ``zoom`` (tile_grid, to_tiles, tiles_at): the grid of the image magnified ``zoom``
   times, so each tile covers ``tile_size / zoom`` native pixels and the nuclei fill more of
   the backbone's receptive field (as at a higher magnification);
 - ``scales`` (``scaled_views``; the Trainer's ``tile_scales``): the zooms an image is read
@@ -71,11 +71,9 @@ def views(tiles: tf.Tensor) -> tf.Tensor:
     return tf.concat([tiles, tf.image.flip_left_right(tiles), tf.image.rot90(tiles)], axis=0)
 
 
-def image_views(
-    image_bytes: tf.Tensor, tile_size: int, max_tiles: int, zoom: float = 1.0
-) -> tf.Tensor:
+def image_views(image_bytes: tf.Tensor, tile_size: int, max_tiles: int) -> tf.Tensor:
     """Encoded image -> every view of every tile: what one image-level score averages over."""
-    return views(to_tiles(decode(image_bytes), tile_size, max_tiles, zoom))
+    return views(to_tiles(decode(image_bytes), tile_size, max_tiles))
 
 
 def parse_scales(value: str | Sequence[float]) -> tuple[float, ...]:
@@ -95,6 +93,15 @@ def parse_scales(value: str | Sequence[float]) -> tuple[float, ...]:
 def scale_cap(max_tiles: int, zoom: float) -> int:
     """The tile cap at ``zoom``: ``max_tiles`` grown with the magnified area."""
     return max(1, math.ceil(max_tiles * zoom**2 - 1e-9))
+
+
+def tiles_at(image: tf.Tensor, tile_size: int, max_tiles: int, zoom: float) -> tuple:
+    """Float [H, W, 3] -> (tiles, rows, cols) at ``zoom`` under its ``scale_cap``: the grid
+    is what Grad-CAM stitches the tiles' maps back into."""
+    cap = scale_cap(max_tiles, zoom)
+    shape = tf.shape(image)
+    rows, cols = tile_grid(shape[0], shape[1], tile_size, cap, zoom)
+    return to_tiles(image, tile_size, cap, zoom), rows, cols
 
 
 def scaled_tiles(

@@ -89,11 +89,8 @@ def tile_image(encoded: bytes, size: int, max_tiles: int, zoom: float = 1.0) -> 
     """Encoded image -> its tiles at ``zoom``, with the serving path's own code
     (modules/image_tiles; the tile cap grows with the zoom, as there)."""
     image = image_tiles.decode(tf.constant(encoded))
-    shape = tf.shape(image)
-    cap = image_tiles.scale_cap(max_tiles, zoom)
-    rows, cols = image_tiles.tile_grid(shape[0], shape[1], size, cap, zoom)
-    tiles = image_tiles.to_tiles(image, size, cap, zoom).numpy()
-    return TiledImage(tiles, int(rows), int(cols))
+    tiles, rows, cols = image_tiles.tiles_at(image, size, max_tiles, zoom)
+    return TiledImage(tiles.numpy(), int(rows), int(cols))
 
 
 def tile_scales(encoded: bytes, size: int, max_tiles: int, metadata: dict) -> list[TiledImage]:

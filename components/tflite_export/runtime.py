@@ -28,12 +28,9 @@ def preprocess(
     """Encoded images -> (float32 [tiles, size, size, 3] in [0, 1], tiles per image), every
     scale's tiles of an image in a row (``image_tiles.scaled_tiles``)."""
     tiles = [
-        np.concatenate(
-            [
-                t.numpy()
-                for t in image_tiles.scaled_tiles(image_tiles.decode(e), size, max_tiles, scales)
-            ]
-        )
+        tf.concat(
+            image_tiles.scaled_tiles(image_tiles.decode(e), size, max_tiles, scales), 0
+        ).numpy()
         for e in encoded
     ]
     if not tiles:

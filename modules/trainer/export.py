@@ -96,13 +96,12 @@ def build_signatures(
     def heatmaps(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Each scale's maps cover the whole image: averaged, as the scales' logits are."""
         image = image_tiles.decode(image_bytes)
-        shape = tf.shape(image)
-        per_scale = []
-        for zoom in scales:
-            cap = image_tiles.scale_cap(max_tiles, zoom)
-            rows, cols = image_tiles.tile_grid(shape[0], shape[1], tile_size, cap, zoom)
-            tiles = image_tiles.to_tiles(image, tile_size, cap, zoom)
-            per_scale.append(grad_cam.image_heatmaps(cam, tiles, rows, cols, features.HEATMAP_SIDE))
+        per_scale = [
+            grad_cam.image_heatmaps(
+                cam, *image_tiles.tiles_at(image, tile_size, max_tiles, zoom), features.HEATMAP_SIDE
+            )
+            for zoom in scales
+        ]
         malignant, benign = zip(*per_scale, strict=True)
         return tf.add_n(malignant) / len(scales), tf.add_n(benign) / len(scales)
 
