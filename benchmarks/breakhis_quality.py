@@ -399,13 +399,14 @@ class FeatureBank:
         return np.stack([self._external[key] for key in keys])
 
     def tiles(self, backbone: str, items: list[Item]) -> np.ndarray:
-        """[n, D] the recipe's features (mean over every view of every tile)."""
+        """[n, D] the recipe's features (mean over every view of every native tile), from and
+        into the cache the default recipe arm reads, so neither computes them twice."""
         features, _ = recipe.image_features(
             self.network(backbone),
             images_of(items)(),
             self.size,
             self.max_tiles,
-            self.cache(backbone, True),
+            self.cache(backbone, True, image_tiles.NATIVE_SCALES),
         )
         return features
 

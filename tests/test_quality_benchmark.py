@@ -225,3 +225,32 @@ def test_nuclear_morphology_counts_and_sizes_drawn_nuclei():
     assert large["nuclear_fraction_of_tissue"] > 3 * small["nuclear_fraction_of_tissue"]
     blank = nuclei_features.nuclei_features(np.full((40, 50, 3), 240, dtype=np.uint8))
     assert blank.shape == (len(names),) and np.isfinite(blank).all()
+
+
+def test_tile_features_fill_the_cache_the_default_recipe_arm_reads(monkeypatch):
+    """The probe-tiles arms and the recipe arm share one set of native-tile features."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from modules.trainer import recipe
+
+    def png(seed: int) -> bytes:
+        pixels = np.random.default_rng(seed).integers(0, 255, (24, 36, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    items = [bq.Item(f"p{k}.png", png(k), k % 2, f"P{k}") for k in range(3)]
+    stand_in = tf.keras.Sequential([tf.keras.layers.GlobalAveragePooling2D()])
+    bank = bq.FeatureBank(size=12, max_tiles=6)
+    monkeypatch.setattr(bank, "network", lambda backbone: stand_in)
+
+    features = bank.tiles("mobilenet_v2", items)
+
+    assert features.shape == (3, 3) and len(set(map(tuple, features.round(6)))) == 3
+    hp = {"tile_scales": "1.0"}  # the recipe's default, as the recipe arm parses it
+    shared = bank.cache("mobilenet_v2", True, recipe.scales_of(hp))
+    assert len(shared) == 3  # every image's feature is there for the recipe arm
+    assert bank.cache("mobilenet_v2", True, recipe.scales_of({"tile_scales": "1.0,1.5"})) == {}
