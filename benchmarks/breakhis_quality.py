@@ -61,6 +61,12 @@ Arms (``--arms``):
   ``recipe-probe-like-head``: every epoch and no dropout, the head as close to the refitted
   probe's logistic regression as the recipe gets (its L2 is about the probe's C);
   ``recipe-multiscale-probe-like-head``: that head on the two scales' features.
+- ``recipe-uncalibrated``: the recipe's own models, scored without the temperature fitted on
+  the validation split (the threshold rule's 0.5 does not move): what that per-fold
+  temperature does to the pooled figures.
+- ``recipe-lr-3e-4``: the head's learning rate a tenth of the default (``HISTO_LEARNING_RATE``);
+  ``recipe-lr-3e-4-probe-like-head``: that rate with every epoch trained and no dropout;
+  ``recipe-multiscale-lr-3e-4-probe-like-head``: the same on the two scales' features.
 Frozen features are computed once per backbone and image (a cache keyed by the image's
 digest, passed to ``recipe.train``); the recipe's scores of the first test fold are
 checked against the exported graph's own path (``recipe.image_logit``).
@@ -121,6 +127,19 @@ ARM_SETTINGS: dict[str, dict] = {
     "recipe-probe-like-head": {"early_stopping_patience": 0, "dropout": 0.0},
     "recipe-multiscale-probe-like-head": {
         "tile_scales": f"1.0,{TILE_ZOOM}",
+        "early_stopping_patience": 0,
+        "dropout": 0.0,
+    },
+    "recipe-uncalibrated": {"uncalibrated": True},
+    "recipe-lr-3e-4": {"learning_rate": 3e-4},
+    "recipe-lr-3e-4-probe-like-head": {
+        "learning_rate": 3e-4,
+        "early_stopping_patience": 0,
+        "dropout": 0.0,
+    },
+    "recipe-multiscale-lr-3e-4-probe-like-head": {
+        "tile_scales": f"1.0,{TILE_ZOOM}",
+        "learning_rate": 3e-4,
         "early_stopping_patience": 0,
         "dropout": 0.0,
     },
@@ -514,8 +533,11 @@ def probe_scores(
     )
 
 
-def recipe_scores(fold: Fold, hp: dict, cache: dict, check_graph: bool) -> Scores:
-    """``recipe.train`` as ``run_fn`` calls it; the test fold scored from the same features."""
+def recipe_scores(
+    fold: Fold, hp: dict, cache: dict, check_graph: bool, temperature: bool = True
+) -> Scores:
+    """``recipe.train`` as ``run_fn`` calls it; the test fold scored from the same features
+    (``temperature`` False: the head's own probabilities, its fitted temperature left out)."""
     tf.keras.backend.clear_session()
     tf.keras.utils.set_random_seed(int(hp["seed"]))
     trained = recipe.train(
@@ -532,12 +554,15 @@ def recipe_scores(fold: Fold, hp: dict, cache: dict, check_graph: bool) -> Score
             image = tf.constant(item.data)
             got = float(recipe.image_logit(tile_logit, image, size, max_tiles, scales))
             assert abs(got - expected) < 1e-3 * max(1.0, abs(expected)), (item.path, got, expected)
-    probabilities = recipe.probability(logits, trained.calibration).numpy()
+    calibration = trained.calibration
+    if not temperature:
+        calibration = dataclasses.replace(calibration, temperature=recipe.DEFAULT_TEMPERATURE)
+    probabilities = recipe.probability(logits, calibration).numpy()
     return Scores(
         [i.label for i in fold.test],
         [i.patient for i in fold.test],
         probabilities.tolist(),
-        trained.calibration.threshold,
+        calibration.threshold,
     )
 
 
@@ -606,12 +631,13 @@ def arm_runner(arm: str, bank: FeatureBank, seed: int) -> Callable[[Fold, bool],
     settings = dict(ARM_SETTINGS[arm])
     views = not settings.pop("no_views", False)
     stain_copies = int(settings.pop("stain_copies", 0))
+    temperature = not settings.pop("uncalibrated", False)
     hp = hyperparameters({**configs.trainer_config(), **settings, "seed": seed})
     fine_tuned = int(hp["epochs_fine_tune"]) > 0
     cache = None if fine_tuned else bank.cache(hp["backbone"], views, recipe.scales_of(hp))
 
     def run(fold: Fold, first: bool) -> Scores:
-        return recipe_scores(fold, hp, cache, first)
+        return recipe_scores(fold, hp, cache, first, temperature)
 
     if stain_copies:
         run = with_stain_copies(run, stain_copies)
