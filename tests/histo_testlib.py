@@ -100,7 +100,8 @@ RESOLVERS = {
 }
 
 
-E2E_EPOCHS = {"epochs_head": 3, "epochs_fine_tune": 1}
+# A few epochs need the bigger step the head had before its default became 3e-4 for 200.
+E2E_EPOCHS = {"epochs_head": 3, "epochs_fine_tune": 1, "learning_rate": 3e-3}
 E2E_STEPS = {"train_steps": 40, "eval_steps": 5}
 E2E_MIN_AUC = 0.6
 
@@ -138,6 +139,7 @@ def run_local_runner(
         HISTO_IMAGE_SIZE=str(E2E_IMAGE_SIZE),
         HISTO_EPOCHS_HEAD=str(E2E_EPOCHS["epochs_head"]),
         HISTO_EPOCHS_FINE_TUNE=str(E2E_EPOCHS["epochs_fine_tune"]),
+        HISTO_LEARNING_RATE=str(E2E_EPOCHS["learning_rate"]),
         HISTO_TRAIN_STEPS=str(E2E_STEPS["train_steps"]),
         HISTO_EVAL_STEPS=str(E2E_STEPS["eval_steps"]),
         HISTO_MIN_AUC=str(E2E_MIN_AUC),

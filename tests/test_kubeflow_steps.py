@@ -22,7 +22,7 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2
 
 from demo.generate import generate
-from histo_testlib import BIN, REPO, RESOLVERS, cli_env
+from histo_testlib import BIN, E2E_EPOCHS, REPO, RESOLVERS, cli_env
 from kfp_steps import run_workflow
 from mlmd_grpc import MetadataGrpcServer
 from preprocessing import storage
@@ -36,6 +36,7 @@ SMALL = {
     "HISTO_TRAIN_STEPS": "40",
     "HISTO_EVAL_STEPS": "5",
     "HISTO_EPOCHS_HEAD": "30",
+    "HISTO_LEARNING_RATE": str(E2E_EPOCHS["learning_rate"]),
     "HISTO_BEAM_RUNNER": "direct",
     "HISTO_BEAM_DIRECT_WORKERS": "1",
     "HISTO_TRAINER_GPUS": "0",

@@ -227,8 +227,9 @@ def test_nuclear_morphology_counts_and_sizes_drawn_nuclei():
     assert blank.shape == (len(names),) and np.isfinite(blank).all()
 
 
-def test_tile_features_fill_the_cache_the_default_recipe_arm_reads(monkeypatch):
-    """The probe-tiles arms and the recipe arm share one set of native-tile features."""
+def test_tile_features_fill_the_cache_the_one_scale_recipe_arms_read(monkeypatch):
+    """The probe-tiles arms and the one-scale recipe arms share one set of native-tile
+    features; the two-scale arms (the default recipe among them) have their own."""
     import io
 
     import tensorflow as tf
@@ -250,7 +251,23 @@ def test_tile_features_fill_the_cache_the_default_recipe_arm_reads(monkeypatch):
     features = bank.tiles("mobilenet_v2", items)
 
     assert features.shape == (3, 3) and len(set(map(tuple, features.round(6)))) == 3
-    hp = {"tile_scales": "1.0"}  # the recipe's default, as the recipe arm parses it
-    shared = bank.cache("mobilenet_v2", True, recipe.scales_of(hp))
-    assert len(shared) == 3  # every image's feature is there for the recipe arm
+    for arm in ("recipe-previous", "recipe-one-scale"):
+        shared = bank.cache("mobilenet_v2", True, recipe.scales_of(bq.ARM_SETTINGS[arm]))
+        assert len(shared) == 3  # every image's feature is there for the recipe arm
     assert bank.cache("mobilenet_v2", True, recipe.scales_of({"tile_scales": "1.0,1.5"})) == {}
+
+
+def test_the_recipe_arm_trains_the_measured_candidate_and_recipe_previous_the_old_defaults():
+    """``recipe`` is the Trainer's defaults, which are the candidate the README measured
+    (so its figures are the same models'); ``recipe-previous`` keeps the replaced ones."""
+    from modules.trainer.hyperparameters import hyperparameters
+    from pipeline import settings
+
+    def hp(arm: str) -> dict:
+        return hyperparameters({**settings.training_config({}), **bq.ARM_SETTINGS[arm]})
+
+    assert hp("recipe") == hp("recipe-multiscale-lr-3e-4-probe-like-head")
+    previous = hp("recipe-previous")
+    assert {key: previous[key] for key in bq.PREVIOUS_DEFAULTS} == bq.PREVIOUS_DEFAULTS
+    changed = {key for key in previous if previous[key] != hp("recipe")[key]}
+    assert changed == set(bq.PREVIOUS_DEFAULTS)

@@ -576,13 +576,15 @@ def test_the_recipe_trains_and_fine_tunes_under_mirrored_strategy(weights_file, 
     )
     assert set(trained.history) == {"head", "fine_tune", "head_after_fine_tune", "head_refit"}
     assert len(trained.history["fine_tune"]["loss"]) == 1
-    kept = recipe.best_epochs(trained.history["head_after_fine_tune"])
+    kept = recipe.refit_epochs(trained.history["head_after_fine_tune"], hp)
     assert len(trained.history["head_refit"]["loss"]) == kept  # refit on the tuned features
     assert len(trained.eval_logits) == len(splits["eval_labels"])
 
 
 def test_fine_tuning_tiles_are_kept_in_memory_only_within_the_budget():
-    hp = hyperparameters.hyperparameters(trainer_config(image_size=224, max_tiles=12))
+    hp = hyperparameters.hyperparameters(
+        trainer_config(image_size=224, max_tiles=12, tile_scales="1.0")
+    )
     assert recipe.tile_cache_fits(500, hp)  # the shared BreakHis sets: 3.4 GiB at most
     assert not recipe.tile_cache_fits(10_000, hp)  # 67 GiB: decoded again each epoch
     assert not recipe.tile_cache_fits(None, hp)  # unknown size: never cached
@@ -610,6 +612,8 @@ def test_fine_tuning_sees_the_tiles_of_every_scale():
     assert tiles.shape == (92, SIZE, SIZE, 3)
     assert int(tf.reduce_sum(tile_labels)) == 20
     # The in-memory budget counts every scale's cap: 12 + 27 tiles of 224 px per image.
-    one_scale = hyperparameters.hyperparameters(trainer_config(image_size=224, max_tiles=12))
+    one_scale = hyperparameters.hyperparameters(
+        trainer_config(image_size=224, max_tiles=12, tile_scales="1.0")
+    )
     assert recipe.tile_cache_fits(500, one_scale)
     assert not recipe.tile_cache_fits(500, {**one_scale, "tile_scales": "1.0,1.5"})

@@ -1,12 +1,14 @@
 """The training recipe: what wins on real tissue, measured by ``benchmarks/breakhis_quality.py``.
 
-1. **Tiles at native resolution** (``modules/image_tiles``): every view of every tile goes
-   through the frozen ImageNet backbone once; an image's feature is the mean over them (with
-   several ``tile_scales``, the mean over scales of each scale's mean).
-2. **Head on cached features**: the classifier's head (standardisation, dropout, one logistic
-   unit with L2) trains on those features for many cheap epochs, class-balanced, with early
-   stopping on the eval split's image-level AUC. The head is linear, so the image logit is
-   the mean of the tile logits: the exported model scores tiles and averages, exactly this.
+1. **Tiles at native resolution and magnified 1.5x** (``modules/image_tiles``, ``tile_scales``
+   ``1.0,1.5``): every view of every tile goes through the frozen ImageNet backbone once; an
+   image's feature is the mean over scales of each scale's mean over its tiles and views.
+2. **Head on cached features**: the classifier's head (standardisation, dropout (0 by
+   default), one logistic unit with L2) trains on those features for many cheap epochs at a
+   small step (3e-4), class-balanced, every epoch by default (``early_stopping_patience`` > 0
+   stops it on the eval split's image-level AUC instead). The head is linear, so the image
+   logit is the mean of the tile logits: the exported model scores tiles and averages,
+   exactly this.
 3. **Optional fine-tuning** (``epochs_fine_tune`` > 0): the top of the backbone (BatchNorm
    frozen) trains on random augmented tiles at a lower rate, then the features are re-read.
    Off by default: on the shared BreakHis sets it was not measured to win on CPU budgets.
@@ -14,7 +16,7 @@
    the operating threshold by ``threshold_rule``, on a 0.01 grid (so TFMA computes the
    confusion matrix at exactly that threshold). Both travel with the model.
 5. **Head refit** (``head_refit``, on by default): the head trains again from its initial
-   weights on train + eval for the epochs early stopping kept; the temperature and threshold
+   weights on train + eval for the epochs step 2 trained; the temperature and threshold
    stay those of step 4 (fitted on images the head had not seen). It won on the shared
    BreakHis sets: with ~25 patients a fold, the eval fifth is worth learning from.
 
@@ -472,11 +474,23 @@ def build(hp: dict[str, Any]) -> tuple[tf.keras.Model, backbones.Backbone]:
     return model, backbone
 
 
-def _say_head(history: dict[str, list[float]]) -> None:
+def _say_head(history: dict[str, list[float]], hp: dict[str, Any]) -> None:
     auc, best = history.get("val_auc") or [float("nan")], best_epochs(history)
-    progress.info(
-        "head: %d epochs, best eval image AUC %.3f at epoch %d", len(auc), auc[best - 1], best
-    )
+    if early_stopping(hp):
+        progress.info(
+            "head: %d epochs, best eval image AUC %.3f at epoch %d (kept)",
+            len(auc),
+            auc[best - 1],
+            best,
+        )
+    else:  # every epoch kept: say where it ended, and where it peaked
+        progress.info(
+            "head: %d epochs, eval image AUC %.3f at the last (best %.3f at epoch %d)",
+            len(auc),
+            auc[-1],
+            auc[best - 1],
+            best,
+        )
 
 
 def train(
@@ -525,7 +539,7 @@ def train(
     history[head_phase] = fit_head(
         model, train_features, eval_features, hp, callbacks(head_phase), strategy
     )
-    _say_head(history[head_phase])
+    _say_head(history[head_phase], hp)
     if int(hp["epochs_fine_tune"]) > 0 and float(hp["fine_tune_fraction"]) > 0:
         with strategy.scope():
             steps = fine_tune_steps or max(1, len(train_features[1]) // int(hp["batch_size"]))
@@ -543,7 +557,7 @@ def train(
         history[head_phase] = fit_head(
             model, train_features, eval_features, hp, callbacks(head_phase), strategy
         )
-        _say_head(history[head_phase])
+        _say_head(history[head_phase], hp)
     eval_logits = head_logits(model, eval_features[0])
     calibration = calibrate(eval_logits, eval_features[1], str(hp["threshold_rule"]))
     progress.info(
