@@ -105,9 +105,15 @@ def test_pushed_model_predicts_raw_images_through_its_signatures(first_run, demo
         assert maps.shape == (3, side, side) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
     classifier = model_io.load_classifier(first_model_uri(first_run))
     network = grad_cam.cam_network(classifier, metadata["last_conv_layer"])
-    tiled = model_io.tile_image(images[0], metadata["tile_size"], metadata["max_tiles"])
-    expected, _ = grad_cam.image_heatmaps(
-        network, tf.constant(tiled.tiles), tiled.rows, tiled.cols, side
+    # Each scale the model reads (both, by default) through the component's math, averaged.
+    scales = model_io.tile_scales(images[0], metadata["tile_size"], metadata["max_tiles"], metadata)
+    assert len(scales) == len(recipe.scales_of(metadata))
+    expected = np.mean(
+        [
+            grad_cam.image_heatmaps(network, tf.constant(t.tiles), t.rows, t.cols, side)[0]
+            for t in scales
+        ],
+        axis=0,
     )
     np.testing.assert_allclose(explained[features.HEATMAP_OUTPUT][0], expected, atol=1e-4)
 
@@ -183,8 +189,8 @@ def test_leaking_split_stops_the_run_before_transform(demo_data, tmp_path):
 
 
 def test_a_model_read_at_two_scales_serves_explains_and_audits_as_it_trained(first_run, tmp_path):
-    """tile_scales 1.0,1.5 in the metadata (HISTO_TILE_SCALES): the exported signatures,
-    Grad-CAM's gallery and TFLite's tiles all read the image at both scales."""
+    """tile_scales 1.0,1.5 in the metadata (HISTO_TILE_SCALES, the default): the exported
+    signatures, Grad-CAM's gallery and TFLite's tiles all read the image at both scales."""
     import tensorflow_transform as tft
     from tfx.types import standard_artifacts
     from tfx.utils import path_utils
@@ -195,8 +201,9 @@ def test_a_model_read_at_two_scales_serves_explains_and_audits_as_it_trained(fir
 
     model_uri = first_model_uri(first_run)
     classifier = model_io.load_classifier(model_uri)
-    native = model_io.read_training_metadata(model_uri)
-    assert recipe.scales_of(native) == (1.0,)  # the default reads native tiles only
+    trained = model_io.read_training_metadata(model_uri)
+    assert recipe.scales_of(trained) == (1.0, 1.5)  # the default reads both scales
+    native = {**trained, "tile_scales": [1.0]}  # the same model read at one scale
     # A large temperature keeps the demo model's confident answers off 0 and 1, so the
     # probabilities show the logits' differences.
     calibration = {**native["calibration"], "temperature": 1000.0}
