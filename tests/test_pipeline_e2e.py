@@ -32,6 +32,20 @@ def first_model_uri(first_run) -> str:
     return min(models, key=lambda p: int(os.path.basename(p)))
 
 
+def scales_heatmap(classifier, image: bytes, metadata: dict) -> np.ndarray:
+    """What ``explain_image`` should serve for ``image``: each scale the metadata names,
+    through the Grad-CAM component's math, the scales' maps averaged."""
+    network = grad_cam.cam_network(classifier, metadata["last_conv_layer"])
+    side = features.HEATMAP_SIDE
+    scales = model_io.tile_scales(image, metadata["tile_size"], metadata["max_tiles"], metadata)
+    assert len(scales) == len(recipe.scales_of(metadata))
+    maps = [
+        grad_cam.image_heatmaps(network, tf.constant(t.tiles), t.rows, t.cols, side)[0]
+        for t in scales
+    ]
+    return np.mean(maps, axis=0)
+
+
 def test_every_component_runs_and_a_blessed_model_is_pushed(first_run):
     summary, output = first_run["summary"], first_run["output"]
     states = node_states(local_runner.metadata_path(output))
@@ -104,17 +118,7 @@ def test_pushed_model_predicts_raw_images_through_its_signatures(first_run, demo
         maps = explained[key].numpy()
         assert maps.shape == (3, side, side) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
     classifier = model_io.load_classifier(first_model_uri(first_run))
-    network = grad_cam.cam_network(classifier, metadata["last_conv_layer"])
-    # Each scale the model reads (both, by default) through the component's math, averaged.
-    scales = model_io.tile_scales(images[0], metadata["tile_size"], metadata["max_tiles"], metadata)
-    assert len(scales) == len(recipe.scales_of(metadata))
-    expected = np.mean(
-        [
-            grad_cam.image_heatmaps(network, tf.constant(t.tiles), t.rows, t.cols, side)[0]
-            for t in scales
-        ],
-        axis=0,
-    )
+    expected = scales_heatmap(classifier, images[0], metadata)  # both scales, by default
     np.testing.assert_allclose(explained[features.HEATMAP_OUTPUT][0], expected, atol=1e-4)
 
 
@@ -231,14 +235,10 @@ def test_a_model_read_at_two_scales_serves_explains_and_audits_as_it_trained(fir
     one_scale = model_io.image_probabilities(classifier, images, native)
     assert np.abs(np.array(expected) - np.array(one_scale)).max() > 1e-4
     # Its heatmap: each scale's maps (the component's math), averaged.
-    network = grad_cam.cam_network(classifier, metadata["last_conv_layer"])
-    side = features.HEATMAP_SIDE
-    per_scale = [
-        grad_cam.image_heatmaps(network, tf.constant(t.tiles), t.rows, t.cols, side)[0]
-        for t in model_io.tile_scales(images[0], native["tile_size"], native["max_tiles"], metadata)
-    ]
     np.testing.assert_allclose(
-        served[features.HEATMAP_OUTPUT][0], (per_scale[0] + per_scale[1]) / 2, atol=1e-4
+        served[features.HEATMAP_OUTPUT][0],
+        scales_heatmap(classifier, images[0], metadata),
+        atol=1e-4,
     )
     summary = build_gallery(two_scale_uri, examples, "test", 1, str(tmp_path))
     assert summary["status"] == "ok" and len(summary["tiles"]) == 2

@@ -266,8 +266,8 @@ def test_the_recipe_arm_trains_the_measured_candidate_and_recipe_previous_the_ol
     def hp(arm: str) -> dict:
         return hyperparameters({**settings.training_config({}), **bq.ARM_SETTINGS[arm]})
 
-    assert hp("recipe") == hp("recipe-multiscale-lr-3e-4-probe-like-head")
-    previous = hp("recipe-previous")
+    current, previous = hp("recipe"), hp("recipe-previous")
+    assert current == hp("recipe-multiscale-lr-3e-4-probe-like-head")
     assert {key: previous[key] for key in bq.PREVIOUS_DEFAULTS} == bq.PREVIOUS_DEFAULTS
-    changed = {key for key in previous if previous[key] != hp("recipe")[key]}
+    changed = {key for key in previous if previous[key] != current[key]}
     assert changed == set(bq.PREVIOUS_DEFAULTS)
