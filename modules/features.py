@@ -34,6 +34,8 @@ SPLITS: tuple[str, ...] = (TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT)
 # Features produced by the Transform module file.
 TRANSFORMED_IMAGE_KEY = "image_xf"  # encoded image bytes (the model decodes and tiles)
 TRANSFORMED_LABEL_KEY = "label_xf"  # int64 0/1
+# The patient, so the Trainer can deal its training patients into calibration folds.
+TRANSFORMED_PATIENT_KEY = "patient_xf"  # bytes
 
 # Serving outputs.
 PROBABILITY_OUTPUT = "probability"  # malignant probability

@@ -141,6 +141,11 @@ SETTINGS: tuple[Setting, ...] = (
       "train + eval for the epochs early stopping chose", "", "head_refit"),
     S("HISTO_TILE_CACHE_MB", "training", int, 4096,
       "decoded fine-tuning tiles kept in memory up to this", "MB", "tile_cache_mb"),
+    S("HISTO_CALIBRATION_FOLDS", "training", int, 5,
+      "the temperature (and a fitted threshold) come from out-of-fold logits of every train + "
+      "eval patient: the eval split is one fold, the train patients are dealt into this many "
+      "minus one more, each fold's head trained on the rest; 1: the eval split alone",
+      "folds", "calibration_folds"),
     S("HISTO_THRESHOLD_RULE", "training", str, "balanced_prior",
       "how the operating threshold is chosen on the eval split (recipe.THRESHOLD_RULES)",
       "", "threshold_rule"),

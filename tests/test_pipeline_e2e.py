@@ -147,6 +147,20 @@ def test_the_trainers_keras_file_gives_the_saved_models_answers(first_run, demo_
     np.testing.assert_allclose(by_keras, served[features.PROBABILITY_OUTPUT].numpy(), atol=1e-5)
 
 
+def test_the_trainer_calibrates_on_out_of_fold_logits_of_its_training_patients(first_run):
+    # Transform passes each example's patient through; run_fn deals the training patients
+    # into calibration folds (the eval split one more) and says so in the metadata.
+    metadata = model_io.read_training_metadata(first_model_uri(first_run))
+    fitted_on = metadata["calibration"]["fitted_on"]
+    folds = metadata["hyperparameters"]["calibration_folds"]
+    assert fitted_on.startswith(f"out-of-fold ({folds} patient folds, the eval split one): ")
+    counts = [
+        *metadata["train_images_per_class"].values(),
+        *metadata["eval_images_per_class"].values(),
+    ]
+    assert f": {sum(counts)} images, " in fitted_on  # every train + eval image scored once
+
+
 def test_identical_rerun_is_served_from_the_cache(first_run, demo_data):
     # The model just pushed is now a baseline: a new input of the Evaluator (and of what
     # follows it) and of the drift gate (the statistics behind that model).

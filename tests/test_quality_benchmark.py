@@ -258,16 +258,20 @@ def test_tile_features_fill_the_cache_the_one_scale_recipe_arms_read(monkeypatch
 
 
 def test_the_recipe_arm_trains_the_measured_candidate_and_recipe_previous_the_old_defaults():
-    """``recipe`` is the Trainer's defaults, which are the candidate the README measured
-    (so its figures are the same models'); ``recipe-previous`` keeps the replaced ones."""
+    """``recipe`` is the Trainer's defaults: the candidate the README measured, calibrated
+    out of fold; ``recipe-eval-calibration`` is that candidate exactly (so its figures are the
+    same models'), ``recipe-previous`` keeps the defaults before it."""
     from modules.trainer.hyperparameters import hyperparameters
     from pipeline import settings
 
     def hp(arm: str) -> dict:
         return hyperparameters({**settings.training_config({}), **bq.ARM_SETTINGS[arm]})
 
-    current, previous = hp("recipe"), hp("recipe-previous")
-    assert current == hp("recipe-multiscale-lr-3e-4-probe-like-head")
+    current, candidate = hp("recipe"), hp("recipe-eval-calibration")
+    previous = hp("recipe-previous")
+    assert candidate == hp("recipe-multiscale-lr-3e-4-probe-like-head")
+    assert {key for key in current if current[key] != candidate[key]} == {"calibration_folds"}
+    assert current["calibration_folds"] > 1 and candidate["calibration_folds"] == 1
     assert {key: previous[key] for key in bq.PREVIOUS_DEFAULTS} == bq.PREVIOUS_DEFAULTS
     changed = {key for key in previous if previous[key] != current[key]}
     assert changed == set(bq.PREVIOUS_DEFAULTS)

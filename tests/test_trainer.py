@@ -32,12 +32,14 @@ SIZE = 32  # the smallest input MobileNetV2 accepts
 
 class TransformOutputStandIn:
     """The one thing ``data`` reads from a ``tft.TFTransformOutput``: the transformed spec,
-    as ``transform_module.preprocessing_fn`` produces it (encoded image, int64 label)."""
+    as ``transform_module.preprocessing_fn`` produces it (encoded image, int64 label,
+    patient)."""
 
     def transformed_feature_spec(self) -> dict[str, tf.io.FixedLenFeature]:
         return {
             features.TRANSFORMED_IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
             features.TRANSFORMED_LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+            features.TRANSFORMED_PATIENT_KEY: tf.io.FixedLenFeature([], tf.string),
         }
 
 
@@ -48,11 +50,13 @@ def encoded_images(count: int, shape=(2 * SIZE, 3 * SIZE), seed: int = 0) -> lis
     return [tf.io.encode_png(p).numpy() for p in pixels]
 
 
-def write_transformed_records(path: str, images: list[bytes], labels: list[int]) -> str:
-    """Gzipped tf.Examples as Transform writes them: encoded image, int64 label."""
+def write_transformed_records(
+    path: str, images: list[bytes], labels: list[int], patients: list[str]
+) -> str:
+    """Gzipped tf.Examples as Transform writes them: encoded image, int64 label, patient."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
-        for image, label in zip(images, labels, strict=True):
+        for image, label, patient in zip(images, labels, patients, strict=True):
             example = tf.train.Example(
                 features=tf.train.Features(
                     feature={
@@ -62,6 +66,9 @@ def write_transformed_records(path: str, images: list[bytes], labels: list[int])
                         features.TRANSFORMED_LABEL_KEY: tf.train.Feature(
                             int64_list=tf.train.Int64List(value=[int(label)])
                         ),
+                        features.TRANSFORMED_PATIENT_KEY: tf.train.Feature(
+                            bytes_list=tf.train.BytesList(value=[patient.encode()])
+                        ),
                     }
                 )
             )
@@ -70,12 +77,19 @@ def write_transformed_records(path: str, images: list[bytes], labels: list[int])
 
 
 def tiny_splits(root: str, n_train: int = 12, n_eval: int = 6) -> dict:
-    """Train/eval record folders (labels 2:1 in train) and the images that went in."""
+    """Train/eval record folders (labels 2:1 in train) and the images that went in; a
+    patient holds one or two neighbouring images of one class."""
     train_images, eval_images = encoded_images(n_train, seed=1), encoded_images(n_eval, seed=2)
     train_labels = [int(i % 3 == 0) for i in range(n_train)]
     eval_labels = [i % 2 for i in range(n_eval)]
-    write_transformed_records(os.path.join(root, "train", "data.gz"), train_images, train_labels)
-    write_transformed_records(os.path.join(root, "eval", "data.gz"), eval_images, eval_labels)
+    train_patients = [f"{'BM'[y]}{i // 2}" for i, y in enumerate(train_labels)]
+    eval_patients = [f"E{'BM'[y]}{i // 2}" for i, y in enumerate(eval_labels)]
+    write_transformed_records(
+        os.path.join(root, "train", "data.gz"), train_images, train_labels, train_patients
+    )
+    write_transformed_records(
+        os.path.join(root, "eval", "data.gz"), eval_images, eval_labels, eval_patients
+    )
     return {
         "train_files": [os.path.join(root, "train", "*")],
         "eval_files": [os.path.join(root, "eval", "*")],
@@ -83,6 +97,7 @@ def tiny_splits(root: str, n_train: int = 12, n_eval: int = 6) -> dict:
         "eval_images": eval_images,
         "train_labels": train_labels,
         "eval_labels": eval_labels,
+        "train_patients": train_patients,
     }
 
 
@@ -318,6 +333,60 @@ def test_calibrate_falls_back_to_defaults_on_one_class():
     assert (calibration.temperature, calibration.threshold) == (1.0, 0.5)
 
 
+def test_calibration_folds_keep_each_patient_whole_and_deal_each_class_across_them():
+    patients = [f"B{k}" for k in range(6) for _ in range(3)] + [f"M{k}" for k in range(4)] * 2
+    labels = np.array([0] * 18 + [1] * 8)
+    groups = recipe.calibration_groups(patients, labels, folds=5, seed=3)
+    assert groups is not None and set(groups.tolist()) == {1, 2, 3, 4}
+    for patient in set(patients):
+        assert len({g for p, g in zip(patients, groups, strict=True) if p == patient}) == 1
+    fold_of = dict(zip(patients, groups.tolist(), strict=True))
+    for prefix, patients_per_fold in (("B", {1, 2}), ("M", {1})):  # 6 and 4 over 4 folds
+        counts = np.bincount([g for p, g in fold_of.items() if p[0] == prefix], minlength=5)
+        assert set(counts[1:].tolist()) == patients_per_fold
+    assert np.array_equal(groups, recipe.calibration_groups(patients, labels, 5, seed=3))
+    assert recipe.calibration_groups(patients, labels, folds=1, seed=3) is None
+    assert recipe.calibration_groups(["P"] * 4, np.array([0, 1, 0, 1]), 5, seed=3) is None
+    few = recipe.calibration_groups(["A", "B", "C"], np.array([0, 1, 0]), folds=5, seed=3)
+    assert sorted(few.tolist()) == [1, 2, 3]  # one fold a patient when there are fewer
+
+
+def test_a_patients_out_of_fold_logits_come_from_heads_that_never_saw_its_labels():
+    """Flipping one patient's labels changes every other patient's out-of-fold logits (its
+    images train their heads) and none of its own (no head that scores it saw them)."""
+    rng = np.random.default_rng(0)
+    patients = [f"P{k}" for k in range(8) for _ in range(4)]
+    labels = np.array([k % 2 for k in range(8) for _ in range(4)])
+    x = rng.normal(0.0, 1.0, (32, 6)).astype(np.float32)
+    x[:, 0] += labels  # learnable, not separable
+    eval_x = rng.normal(0.0, 1.0, (6, 6)).astype(np.float32)
+    eval_y = np.array([0, 1] * 3)
+    groups = recipe.calibration_groups(patients, labels, folds=5, seed=0)
+    hp = _head_settings(early_stopping_patience=0, epochs_head=5)
+
+    def oof(train_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tf.keras.utils.set_random_seed(0)
+        model = _head_only_classifier(6)
+        initial = model.get_layer("malignant_logit").get_weights()
+        evaluation = (eval_x, eval_y, np.linspace(-1, 1, 6))
+        train = (x, train_labels)
+        return recipe.out_of_fold_logits(model, initial, train, evaluation, groups, 5, hp)
+
+    logits, oof_labels = oof(labels)
+    flipped = labels.copy()
+    flipped[:4] = 1 - flipped[:4]  # patient P0
+    logits_flipped, _ = oof(flipped)
+    assert len(logits) == 38 and oof_labels.sum() == 16 + 3
+    np.testing.assert_array_equal(logits[:6], np.linspace(-1, 1, 6))  # the eval split's own
+    # out_of_fold_logits orders the train images fold by fold after the eval split's.
+    order = np.concatenate([np.flatnonzero(groups == g) for g in np.unique(groups)])
+    own = np.isin(order, np.flatnonzero(np.array(patients) == "P0"))
+    mine, mine_flipped = logits[6:][own], logits_flipped[6:][own]
+    np.testing.assert_allclose(mine, mine_flipped, rtol=0, atol=1e-6)
+    others_moved = np.abs(logits[6:][~own] - logits_flipped[6:][~own])
+    assert others_moved.max() > 1e-3
+
+
 def _head_only_classifier(width: int) -> tf.keras.Model:
     """The classifier's head layers (names as recipe._head reads them) on a 1x1 feature map."""
     inputs = tf.keras.Input((1, 1, width))
@@ -500,12 +569,38 @@ def test_with_head_refit_the_recipe_refits_for_the_kept_epochs(weights_file, spl
     assert not np.allclose(refitted, trained.eval_logits, rtol=1e-3, atol=0.0)
 
 
+def test_with_patients_the_recipe_calibrates_out_of_fold_and_keeps_the_trained_head(
+    weights_file, splits
+):
+    """Every train + eval image gets a logit from a head that never saw its patient; the
+    temperature is fitted on those, and the model keeps the head trained on train."""
+    tf.keras.utils.set_random_seed(0)
+    hp = tiny_settings(weights=weights_file, epochs_head=5, head_refit=False)
+    train = pairs(splits["train_images"], splits["train_labels"])
+    evaluation = pairs(splits["eval_images"], splits["eval_labels"])
+    patients = splits["train_patients"]
+    trained = recipe.train(train, evaluation, hp, train_patients=patients)
+    assert trained.calibration.fitted_on.startswith(
+        "out-of-fold (5 patient folds, the eval split one): 18 images, 7 malignant"
+    )
+    assert trained.calibration.temperature in recipe.TEMPERATURE_GRID
+    tile_logit = recipe.logit_model(trained.model)
+    graph = [
+        float(recipe.image_logit(tile_logit, tf.constant(image), SIZE, 12, recipe.scales_of(hp)))
+        for image in splits["eval_images"]
+    ]  # the last calibration fold's head was put back to the one trained on train
+    np.testing.assert_allclose(graph, trained.eval_logits, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="11 patient ids for 12 training images"):
+        recipe.train(train, evaluation, hp, train_patients=patients[:11])
+
+
 def test_run_fn_is_the_recipe_then_the_export(monkeypatch, splits, tmp_path):
     """run_fn hands the recipe both splits and writes the calibration into the metadata."""
     seen = {}
 
-    def fake_train(train_images, eval_images, hp, callbacks, steps, strategy):
+    def fake_train(train_images, eval_images, hp, callbacks, steps, strategy, train_patients):
         seen["train"] = [int(y) for _, y in train_images()]
+        seen["train_patients"] = train_patients
         seen["eval"] = [int(y) for _, y in eval_images()]
         model, backbone = recipe.build(hp)
         calibration = recipe.Calibration(1.5, 0.37, "eval split: test")
@@ -529,6 +624,7 @@ def test_run_fn_is_the_recipe_then_the_export(monkeypatch, splits, tmp_path):
     )
     trainer_module.run_fn(fn_args)
     assert seen["train"] == splits["train_labels"] and seen["eval"] == splits["eval_labels"]
+    assert seen["train_patients"] == splits["train_patients"]  # in the images' order
     assert seen["metadata"]["calibration"]["threshold"] == 0.37
     assert seen["metadata"]["train_images_per_class"] == {"benign": 8, "malignant": 4}
     assert seen["metadata"]["tile_size"] == SIZE

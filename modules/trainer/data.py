@@ -41,3 +41,21 @@ def count_labels(patterns: list[str], tf_transform_output: tft.TFTransformOutput
         for value in label.numpy():
             counts[int(value)] += 1
     return counts
+
+
+def patient_ids(
+    patterns: list[str], tf_transform_output: tft.TFTransformOutput
+) -> list[str] | None:
+    """Each image's patient in ``image_dataset``'s order; None for a Transform graph that
+    does not pass patients through (the recipe then calibrates on the eval split alone)."""
+    spec = tf_transform_output.transformed_feature_spec()
+    if features.TRANSFORMED_PATIENT_KEY not in spec:
+        return None
+    wanted = {features.TRANSFORMED_PATIENT_KEY: spec[features.TRANSFORMED_PATIENT_KEY]}
+    dataset = tf.data.TFRecordDataset(files(patterns), compression_type="GZIP")
+    parsed = dataset.batch(256).map(lambda s: tf.io.parse_example(s, wanted))
+    return [
+        patient.decode("utf-8")
+        for batch in parsed
+        for patient in batch[features.TRANSFORMED_PATIENT_KEY].numpy().reshape(-1)
+    ]

@@ -1,9 +1,9 @@
 """Trainer module file: the TFX entry point around ``recipe`` (what is trained lives there).
 
 ``run_fn`` reads the settings (custom_config, overridden by the Tuner's best values), builds
-the datasets of (encoded image, label) from Transform's output, calls ``recipe.train`` and
-exports the model with its calibration (``export``). On a GPU node the same code uses
-MirroredStrategy and mixed precision; on a laptop it runs on the CPU.
+the datasets of (encoded image, label) and the training patients from Transform's output,
+calls ``recipe.train`` and exports the model with its calibration (``export``). On a GPU
+node the same code uses MirroredStrategy and mixed precision; on a laptop it runs on the CPU.
 """
 
 import json
@@ -42,6 +42,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             sum(train_counts), hp, strategy.num_replicas_in_sync, fn_args.train_steps
         ),
         strategy,
+        train_patients=data.patient_ids(fn_args.train_files, tf_transform_output),
     )
     backbone = trained.backbone
     logging.info("backbone %s, weights: %s", backbone.name, backbone.weights_source)
