@@ -137,8 +137,8 @@ SETTINGS: tuple[Setting, ...] = (
       "label smoothing of the training loss, head and fine-tuning (0: hard labels)",
       "fraction", "label_smoothing"),
     S("HISTO_HEAD_REFIT", "training", bool, True,
-      "after early stopping and calibration on the eval split, train the head again on "
-      "train + eval for the epochs early stopping chose", "", "head_refit"),
+      "after early stopping and calibration, train the head again on train + eval for the "
+      "epochs it trained (or early stopping kept)", "", "head_refit"),
     S("HISTO_TILE_CACHE_MB", "training", int, 4096,
       "decoded fine-tuning tiles kept in memory up to this", "MB", "tile_cache_mb"),
     S("HISTO_CALIBRATION_FOLDS", "training", int, 5,
@@ -147,7 +147,7 @@ SETTINGS: tuple[Setting, ...] = (
       "minus one more, each fold's head trained on the rest; 1: the eval split alone",
       "folds", "calibration_folds"),
     S("HISTO_THRESHOLD_RULE", "training", str, "balanced_prior",
-      "how the operating threshold is chosen on the eval split (recipe.THRESHOLD_RULES)",
+      "how the operating threshold is chosen on the calibration logits (recipe.THRESHOLD_RULES)",
       "", "threshold_rule"),
     S("HISTO_SEED", "training", int, 42, "random seed of training", "", "seed"),
     S("HISTO_TRAIN_STEPS", "training", int, 200,

@@ -206,7 +206,7 @@ def test_report_numbers_are_tfmas(first_run, report):
         assert f"<td>{name}</td><td>{value:.4f}</td>" in overall, name
     count = int(tfma_values["example_count"].double_value.value)
     assert content["overall"]["example_count"] == count
-    # The operating point is the model's own threshold (chosen on the eval split, stored in
+    # The operating point is the model's own threshold (fitted in training, stored in
     # the model), read from TFMA's confusion matrix at exactly that threshold.
     metadata = export.read_metadata(first_run["summary"]["pushed_to"])
     threshold = metadata["calibration"]["threshold"]
@@ -278,7 +278,10 @@ def test_report_data_lineage_and_blessing(first_run, demo_data, report):
     eval_balance = content["class_balance"]["eval"]  # ... so the card says what it learned from
     refit = content["model"]["refit_images_per_class"]
     assert refit == {k: eval_balance[k] for k in features.LABEL_NAMES}
-    assert "refitted on these and the eval split" in _section(report["html"], "model-card")
+    card = _section(report["html"], "model-card")
+    assert "refitted on these and the eval split" in card
+    fitted_on = content["model"]["calibration_fitted_on"]  # the training metadata's words
+    assert fitted_on.startswith("out-of-fold logits (") and fitted_on in card
     validation = tfma.load_validation_result(first_run["summary"]["evaluation_uri"])
     blessing = content["blessing"]
     assert blessing["validation_ok"] == validation.validation_ok == first_run["summary"]["blessed"]

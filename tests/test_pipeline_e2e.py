@@ -153,7 +153,7 @@ def test_the_trainer_calibrates_on_out_of_fold_logits_of_its_training_patients(f
     metadata = model_io.read_training_metadata(first_model_uri(first_run))
     fitted_on = metadata["calibration"]["fitted_on"]
     folds = metadata["hyperparameters"]["calibration_folds"]
-    assert fitted_on.startswith(f"out-of-fold ({folds} patient folds, the eval split one): ")
+    assert fitted_on.startswith(f"out-of-fold logits ({folds} patient folds, the eval split one): ")
     counts = [
         *metadata["train_images_per_class"].values(),
         *metadata["eval_images_per_class"].values(),

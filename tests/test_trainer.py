@@ -581,7 +581,7 @@ def test_with_patients_the_recipe_calibrates_out_of_fold_and_keeps_the_trained_h
     patients = splits["train_patients"]
     trained = recipe.train(train, evaluation, hp, train_patients=patients)
     assert trained.calibration.fitted_on.startswith(
-        "out-of-fold (5 patient folds, the eval split one): 18 images, 7 malignant"
+        "out-of-fold logits (5 patient folds, the eval split one): 18 images, 7 malignant"
     )
     assert trained.calibration.temperature in recipe.TEMPERATURE_GRID
     tile_logit = recipe.logit_model(trained.model)

@@ -82,6 +82,7 @@ def build(report: dict[str, Any]) -> dict[str, Any]:
         "intended_use": INTENDED_USE,
         "train_images_per_class": report["model"].get("train_images_per_class", {}),
         "refit_images_per_class": report["model"].get("refit_images_per_class", {}),
+        "calibration_fitted_on": report["model"].get("calibration_fitted_on", ""),
         "class_balance": report["class_balance"],
         "metrics": [
             {"name": n, "value": v, "low": low, "high": high} for n, v, (low, high) in metrics

@@ -69,6 +69,8 @@ def model_facts(model: types.Artifact, metadata: dict[str, Any]) -> dict[str, An
         "refit_images_per_class": (
             metadata.get("eval_images_per_class", {}) if "head_refit" in history else {}
         ),
+        # Where the temperature and threshold were fitted (recipe.calibrate's own words).
+        "calibration_fitted_on": metadata.get("calibration", {}).get("fitted_on", ""),
         "last_epoch": last_epoch,
     }
 

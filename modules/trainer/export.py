@@ -9,8 +9,8 @@
 Both prediction signatures cut each image into native-resolution tiles and their views
 (``modules/image_tiles``), average the tiles' logits, divide by the calibration temperature
 and return the malignant probability, the class at the model's own operating threshold
-(chosen on the eval split, ``recipe.calibrate``), its name, and the threshold itself (so a
-client can call a patient's mean probability the same way).
+(fitted out of fold on the training patients, ``recipe.calibrate``), its name, and the
+threshold itself (so a client can call a patient's mean probability the same way).
 """
 
 import json

@@ -669,7 +669,7 @@ def train(
                 layer.set_weights(weights)
         folds = f"{1 + len(np.unique(groups))} patient folds, the eval split one"
         calibration = calibrate(
-            oof_logits, oof_labels, str(hp["threshold_rule"]), f"out-of-fold ({folds})"
+            oof_logits, oof_labels, str(hp["threshold_rule"]), f"out-of-fold logits ({folds})"
         )
     progress.info(
         "calibration: temperature %.2f, threshold %.2f (%s)",
