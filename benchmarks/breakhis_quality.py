@@ -123,6 +123,10 @@ DEFAULT_OUTPUT = os.path.join(OUTPUT_DIR, "breakhis_quality.json")
 PROBE_C = 0.05
 VALIDATION_SHARE = 0.2
 TILE_ZOOM = 1.5  # probe-tiles-zoom's magnification before the image is cut
+# Calibrated on the validation split alone, as every default was until the out-of-fold
+# calibration: with it, the arms over PREVIOUS_DEFAULTS and ``recipe-eval-calibration`` train
+# and score the models their README figures were measured with.
+EVAL_CALIBRATION = {"calibration_folds": 1}
 # The Trainer's defaults before the candidate measured against them became the default
 # (README, "Model quality"): native tiles only, head at 3e-3 early-stopped on the validation
 # split (patience 30), dropout 0.2. The arms that weighed the four levers are defined over
@@ -132,12 +136,8 @@ PREVIOUS_DEFAULTS: dict = {
     "learning_rate": 3e-3,
     "early_stopping_patience": 30,
     "dropout": 0.2,
-    "calibration_folds": 1,
+    **EVAL_CALIBRATION,
 }
-# Calibrated on the validation split alone, as every default was until the out-of-fold
-# calibration: with it, the arms over PREVIOUS_DEFAULTS and ``recipe-eval-calibration`` train
-# and score the models their README figures were measured with.
-EVAL_CALIBRATION = {"calibration_folds": 1}
 _PROBE_LIKE_HEAD = {"early_stopping_patience": 0, "dropout": 0.0}
 _BOTH_SCALES = {"tile_scales": f"1.0,{TILE_ZOOM}"}
 ARM_SETTINGS: dict[str, dict] = {

@@ -445,7 +445,8 @@ def calibrate(
     rule: str = "eval_balanced_accuracy",
     source: str = "eval split",
 ) -> Calibration:
-    """Temperature from the eval split (never the test split), then the threshold by ``rule``:
+    """Temperature from held-out logits (the eval split's, or out of fold over train + eval;
+    never the test split), then the threshold by ``rule``:
 
     - ``balanced_prior``: 0.5, the class-balanced head's own balance point (a temperature
       does not move it): nothing is fitted to the few eval patients;
@@ -512,21 +513,18 @@ def out_of_fold_logits(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits of every train + eval image from a head that never saw its patient: the eval
     split's from the head trained on train (``evaluation``: features, labels, logits), each
-    train fold's from a head trained as the refit trains (same epochs, from the initial
-    weights) on the other folds + eval. Leaves the model's head as the last fold's: callers
+    train fold's from ``refit_head`` (same epochs, from the initial weights) on the other
+    folds + eval. Leaves the model's head as the last fold's: callers
     restore or refit it. A fold whose rest holds one class is left out."""
     x, y = train
     eval_x, eval_y, eval_logits = evaluation
     logits, labels = [eval_logits], [eval_y]
     for fold in np.unique(groups):
         held = groups == fold
-        rest_y = np.concatenate([y[~held], eval_y])
-        if len(np.unique(rest_y)) < 2:
+        if len(np.unique(np.concatenate([y[~held], eval_y]))) < 2:
             continue
-        with (strategy or tf.distribute.get_strategy()).scope():
-            model.get_layer("malignant_logit").set_weights(initial_weights)
-        rest = (np.concatenate([x[~held], eval_x]), rest_y)
-        _fit_head_epochs(model, rest, hp, epochs, [], strategy)
+        rest = (x[~held], y[~held])
+        refit_head(model, initial_weights, rest, (eval_x, eval_y), epochs, hp, [], strategy)
         logits.append(head_logits(model, x[held]))
         labels.append(y[held])
     return np.concatenate(logits), np.concatenate(labels)
