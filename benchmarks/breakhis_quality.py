@@ -41,16 +41,19 @@ Arms (``--arms``):
   and ``benchmarks/texture_features.py`` (the dataset paper's LBP, GLCM and PFTAS) write
   such files.
 - ``recipe``: ``modules/trainer/recipe.train`` exactly as ``run_fn`` calls it, on
-  Transform-format (encoded image, label) datasets and the training patients, with the
-  Trainer's defaults (since they changed: both scales, head at 3e-4 for every epoch, no
-  dropout, calibrated on out-of-fold logits of every training patient).
+  Transform-format (encoded image, label) datasets and the training and validation
+  patients, with the Trainer's defaults (since they changed: both scales, head at 3e-4 for
+  every epoch, no dropout, calibrated on out-of-fold logits of every training patient, each
+  patient weighing the same in the temperature's fit).
 Variants of those defaults:
 - ``recipe-densenet121``: the DenseNet121 backbone; ``recipe-no-views``: no test-time views
   (one pass per tile); ``recipe-one-scale``: native tiles only (``tile_scales`` ``1.0``);
   ``recipe-early-stopping``: the head early-stopped on the validation split (patience 30);
   ``recipe-eval-calibration``: temperature and threshold fitted on the validation split's
   logits alone (``calibration_folds`` 1), not on out-of-fold logits of every training patient:
-  the defaults before the out-of-fold calibration, the same models as ``recipe``.
+  the defaults before the out-of-fold calibration, the same models as ``recipe``;
+  ``recipe-image-weighted-calibration``: out of fold, but every image weighing the same in
+  the temperature's fit instead of every patient: the defaults before the patient weights.
 - ``threshold-<rule>``: another operating-threshold rule (``recipe.THRESHOLD_RULES``); the
   AUCs are the recipe's, the operating point differs.
 - ``fine-tune``: plus two fine-tuning epochs of the backbone's top (slow on CPU).
@@ -123,10 +126,13 @@ DEFAULT_OUTPUT = os.path.join(OUTPUT_DIR, "breakhis_quality.json")
 PROBE_C = 0.05
 VALIDATION_SHARE = 0.2
 TILE_ZOOM = 1.5  # probe-tiles-zoom's magnification before the image is cut
+# Every image weighing the same in the temperature's fit, as until the patient-weighted
+# calibration: ``recipe-image-weighted-calibration`` is the default before it.
+IMAGE_WEIGHTED_CALIBRATION = {"calibration_weights": "image"}
 # Calibrated on the validation split alone, as every default was until the out-of-fold
 # calibration: with it, the arms over PREVIOUS_DEFAULTS and ``recipe-eval-calibration`` train
 # and score the models their README figures were measured with.
-EVAL_CALIBRATION = {"calibration_folds": 1}
+EVAL_CALIBRATION = {"calibration_folds": 1, **IMAGE_WEIGHTED_CALIBRATION}
 # The Trainer's defaults before the candidate measured against them became the default
 # (README, "Model quality"): native tiles only, head at 3e-3 early-stopped on the validation
 # split (patience 30), dropout 0.2. The arms that weighed the four levers are defined over
@@ -155,6 +161,7 @@ ARM_SETTINGS: dict[str, dict] = {
     "recipe-one-scale": {"tile_scales": "1.0"},
     "recipe-early-stopping": {"early_stopping_patience": 30},
     "recipe-eval-calibration": EVAL_CALIBRATION,
+    "recipe-image-weighted-calibration": IMAGE_WEIGHTED_CALIBRATION,
     # The previous defaults and the levers weighed against them.
     "recipe-previous": PREVIOUS_DEFAULTS,
     "recipe-multiscale": {**PREVIOUS_DEFAULTS, **_BOTH_SCALES},
@@ -211,7 +218,13 @@ FEATURE_KINDS = (
     "external",
 )  # FeatureBank's readers
 ARMS = (*PROBE_ARMS, *ARM_SETTINGS)
-FULL_ARMS = ("probe", "probe-tiles", "recipe", "recipe-eval-calibration", "recipe-previous")
+FULL_ARMS = (
+    "probe",
+    "probe-tiles",
+    "recipe",
+    "recipe-image-weighted-calibration",
+    "recipe-previous",
+)
 QUICK_ARMS = ("probe", "recipe")
 
 
@@ -582,6 +595,7 @@ def recipe_scores(
         hp,
         feature_cache=cache,
         train_patients=[i.patient for i in fold.train],
+        eval_patients=[i.patient for i in fold.validation],
     )
     network = recipe.features_model(trained.model)
     size, max_tiles, scales = int(hp["image_size"]), int(hp["max_tiles"]), recipe.scales_of(hp)

@@ -146,6 +146,11 @@ SETTINGS: tuple[Setting, ...] = (
       "eval patient: the eval split is one fold, the train patients are dealt into this many "
       "minus one more, each fold's head trained on the rest; 1: the eval split alone",
       "folds", "calibration_folds"),
+    S("HISTO_CALIBRATION_WEIGHTS", "training", str, "patient",
+      "what weighs the same in the temperature's fit: patient (each patient's images share one "
+      "weight, so the patient with the most images does not set it alone) or image; patient "
+      "needs the patient ids Transform passes through (recipe.CALIBRATION_WEIGHTS)",
+      "", "calibration_weights"),
     S("HISTO_THRESHOLD_RULE", "training", str, "balanced_prior",
       "how the operating threshold is chosen on the calibration logits (recipe.THRESHOLD_RULES)",
       "", "threshold_rule"),

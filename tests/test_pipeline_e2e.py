@@ -159,6 +159,7 @@ def test_the_trainer_calibrates_on_out_of_fold_logits_of_its_training_patients(f
         *metadata["eval_images_per_class"].values(),
     ]
     assert f": {sum(counts)} images, " in fitted_on  # every train + eval image scored once
+    assert " patients, each weighing the same; " in fitted_on  # the eval split's known too
 
 
 def test_identical_rerun_is_served_from_the_cache(first_run, demo_data):

@@ -259,8 +259,10 @@ def test_tile_features_fill_the_cache_the_one_scale_recipe_arms_read(monkeypatch
 
 def test_the_recipe_arm_trains_the_measured_candidate_and_recipe_previous_the_old_defaults():
     """``recipe`` is the Trainer's defaults: the candidate the README measured, calibrated
-    out of fold; ``recipe-eval-calibration`` is that candidate exactly (so its figures are the
-    same models'), ``recipe-previous`` keeps the defaults before it."""
+    out of fold with each patient weighing the same; ``recipe-eval-calibration`` is that
+    candidate exactly (so its figures are the same models'), ``recipe-image-weighted-
+    calibration`` the default before the patient weights, ``recipe-previous`` keeps the
+    defaults before the candidate."""
     from modules.trainer.hyperparameters import hyperparameters
     from pipeline import settings
 
@@ -270,8 +272,17 @@ def test_the_recipe_arm_trains_the_measured_candidate_and_recipe_previous_the_ol
     current, candidate = hp("recipe"), hp("recipe-eval-calibration")
     previous = hp("recipe-previous")
     assert candidate == hp("recipe-multiscale-lr-3e-4-probe-like-head")
-    assert {key for key in current if current[key] != candidate[key]} == {"calibration_folds"}
+    calibration = {"calibration_folds", "calibration_weights"}
+    assert {key for key in current if current[key] != candidate[key]} == calibration
     assert current["calibration_folds"] > 1 and candidate["calibration_folds"] == 1
+    assert (current["calibration_weights"], candidate["calibration_weights"]) == (
+        "patient",
+        "image",
+    )
+    image_weighted = hp("recipe-image-weighted-calibration")
+    assert {key for key in current if current[key] != image_weighted[key]} == {
+        "calibration_weights"
+    }
     assert {key: previous[key] for key in bq.PREVIOUS_DEFAULTS} == bq.PREVIOUS_DEFAULTS
     changed = {key for key in previous if previous[key] != current[key]}
     assert changed == set(bq.PREVIOUS_DEFAULTS)

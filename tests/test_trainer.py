@@ -98,6 +98,7 @@ def tiny_splits(root: str, n_train: int = 12, n_eval: int = 6) -> dict:
         "train_labels": train_labels,
         "eval_labels": eval_labels,
         "train_patients": train_patients,
+        "eval_patients": eval_patients,
     }
 
 
@@ -333,6 +334,41 @@ def test_calibrate_falls_back_to_defaults_on_one_class():
     assert (calibration.temperature, calibration.threshold) == (1.0, 0.5)
 
 
+def test_patient_weights_give_every_patient_the_same_share():
+    weights = recipe.patient_weights(["A"] * 6 + ["B"] * 2 + ["C"])
+    np.testing.assert_allclose(weights.mean(), 1.0)
+    shares = [weights[:6].sum(), weights[6:8].sum(), weights[8:].sum()]
+    np.testing.assert_allclose(shares, [3.0, 3.0, 3.0])
+
+
+def test_a_patient_weighted_temperature_is_the_one_of_patients_of_equal_size():
+    """Weighing each patient the same fits the temperature an unweighted fit finds when
+    every patient holds as many images: here the small patient's images repeated five
+    times. Unweighted, the large patient (confidently wrong) sets it."""
+    rng = np.random.default_rng(0)
+    big_logits = rng.normal(4.0, 1.0, 10)  # confidently malignant, half of them benign
+    big_labels = np.array([1, 0] * 5)
+    small_logits, small_labels = np.array([3.0, -3.0]), np.array([1, 0])  # right
+    logits = np.concatenate([big_logits, small_logits])
+    labels = np.concatenate([big_labels, small_labels])
+    patients = ["big"] * 10 + ["small"] * 2
+    weighted = recipe.fit_temperature(logits, labels, recipe.patient_weights(patients))
+    repeated = recipe.fit_temperature(
+        np.concatenate([big_logits, np.tile(small_logits, 5)]),
+        np.concatenate([big_labels, np.tile(small_labels, 5)]),
+    )
+    assert weighted == repeated
+    assert weighted < recipe.fit_temperature(logits, labels)
+    calibration = recipe.calibrate(logits, labels, "balanced_prior", "held out", patients)
+    assert calibration.temperature == weighted
+    assert calibration.fitted_on == (
+        "held out: 12 images, 6 malignant of 2 patients, each weighing the same; "
+        "threshold rule balanced_prior"
+    )
+    with pytest.raises(ValueError, match="11 patient ids for 12 calibration logits"):
+        recipe.calibrate(logits, labels, "balanced_prior", "held out", patients[:11])
+
+
 def test_calibration_folds_keep_each_patient_whole_and_deal_each_class_across_them():
     patients = [f"B{k}" for k in range(6) for _ in range(3)] + [f"M{k}" for k in range(4)] * 2
     labels = np.array([0] * 18 + [1] * 8)
@@ -372,14 +408,16 @@ def test_a_patients_out_of_fold_logits_come_from_heads_that_never_saw_its_labels
         train = (x, train_labels)
         return recipe.out_of_fold_logits(model, initial, train, evaluation, groups, 5, hp)
 
-    logits, oof_labels = oof(labels)
+    logits, oof_labels, rows = oof(labels)
     flipped = labels.copy()
     flipped[:4] = 1 - flipped[:4]  # patient P0
-    logits_flipped, _ = oof(flipped)
+    logits_flipped, _, _ = oof(flipped)
     assert len(logits) == 38 and oof_labels.sum() == 16 + 3
     np.testing.assert_array_equal(logits[:6], np.linspace(-1, 1, 6))  # the eval split's own
     # out_of_fold_logits orders the train images fold by fold after the eval split's.
     order = np.concatenate([np.flatnonzero(groups == g) for g in np.unique(groups)])
+    np.testing.assert_array_equal(rows, order)
+    np.testing.assert_array_equal(oof_labels[6:], labels[rows])
     own = np.isin(order, np.flatnonzero(np.array(patients) == "P0"))
     mine, mine_flipped = logits[6:][own], logits_flipped[6:][own]
     np.testing.assert_allclose(mine, mine_flipped, rtol=0, atol=1e-6)
@@ -581,8 +619,8 @@ def test_with_patients_the_recipe_calibrates_out_of_fold_and_keeps_the_trained_h
     patients = splits["train_patients"]
     trained = recipe.train(train, evaluation, hp, train_patients=patients)
     assert trained.calibration.fitted_on.startswith(
-        "out-of-fold logits (5 patient folds, the eval split one): 18 images, 7 malignant"
-    )
+        "out-of-fold logits (5 patient folds, the eval split one): 18 images, 7 malignant;"
+    )  # without the eval split's patients every image weighs the same
     assert trained.calibration.temperature in recipe.TEMPERATURE_GRID
     tile_logit = recipe.logit_model(trained.model)
     graph = [
@@ -594,13 +632,49 @@ def test_with_patients_the_recipe_calibrates_out_of_fold_and_keeps_the_trained_h
         recipe.train(train, evaluation, hp, train_patients=patients[:11])
 
 
+def test_with_every_patient_known_each_weighs_the_same_in_the_temperatures_fit(
+    monkeypatch, weights_file, splits
+):
+    """The calibration gets each out-of-fold logit's own patient: every train + eval patient
+    once over, each with its own label; ``calibration_weights`` image leaves them out."""
+    seen = []
+    real_calibrate = recipe.calibrate
+
+    def calibrate(logits, labels, rule, source="eval split", patients=None):
+        seen.append((labels.tolist(), patients))
+        return real_calibrate(logits, labels, rule, source, patients)
+
+    monkeypatch.setattr(recipe, "calibrate", calibrate)
+    train = pairs(splits["train_images"], splits["train_labels"])
+    evaluation = pairs(splits["eval_images"], splits["eval_labels"])
+    both = {"train_patients": splits["train_patients"], "eval_patients": splits["eval_patients"]}
+    hp = tiny_settings(weights=weights_file, epochs_head=2, head_refit=False)
+    trained = recipe.train(train, evaluation, hp, **both)
+    labels, patients = seen[-1]
+    everyone = splits["eval_patients"] + splits["train_patients"]
+    assert sorted(patients) == sorted(everyone)
+    label_of = dict(zip(everyone, splits["eval_labels"] + splits["train_labels"], strict=True))
+    assert labels == [label_of[p] for p in patients]
+    assert f" of {len(set(everyone))} patients, each weighing the same;" in (
+        trained.calibration.fitted_on
+    )
+    recipe.train(train, evaluation, {**hp, "calibration_weights": "image"}, **both)
+    assert seen[-1][1] is None
+    with pytest.raises(ValueError, match="5 patient ids for 6 eval images"):
+        recipe.train(train, evaluation, hp, eval_patients=splits["eval_patients"][:5])
+    with pytest.raises(ValueError, match="unknown calibration weights 'slide'"):
+        recipe.train(train, evaluation, {**hp, "calibration_weights": "slide"}, **both)
+
+
 def test_run_fn_is_the_recipe_then_the_export(monkeypatch, splits, tmp_path):
     """run_fn hands the recipe both splits and writes the calibration into the metadata."""
     seen = {}
 
-    def fake_train(train_images, eval_images, hp, callbacks, steps, strategy, train_patients):
+    def fake_train(
+        train_images, eval_images, hp, callbacks, steps, strategy, train_patients, eval_patients
+    ):
         seen["train"] = [int(y) for _, y in train_images()]
-        seen["train_patients"] = train_patients
+        seen["train_patients"], seen["eval_patients"] = train_patients, eval_patients
         seen["eval"] = [int(y) for _, y in eval_images()]
         model, backbone = recipe.build(hp)
         calibration = recipe.Calibration(1.5, 0.37, "eval split: test")
@@ -625,6 +699,7 @@ def test_run_fn_is_the_recipe_then_the_export(monkeypatch, splits, tmp_path):
     trainer_module.run_fn(fn_args)
     assert seen["train"] == splits["train_labels"] and seen["eval"] == splits["eval_labels"]
     assert seen["train_patients"] == splits["train_patients"]  # in the images' order
+    assert seen["eval_patients"] == splits["eval_patients"]
     assert seen["metadata"]["calibration"]["threshold"] == 0.37
     assert seen["metadata"]["train_images_per_class"] == {"benign": 8, "malignant": 4}
     assert seen["metadata"]["tile_size"] == SIZE

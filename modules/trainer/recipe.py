@@ -20,7 +20,10 @@
    trained as step 5 trains on the other patients (``calibration_folds`` 1, or no patient
    ids: the eval split alone, whose five-odd patients gave temperatures from 1.1 to 15
    between the benchmark's folds; pooled ECE 0.136 there against 0.098 out of fold, the
-   AUCs unchanged).
+   AUCs unchanged). The temperature's fit weighs each patient the same
+   (``calibration_weights`` ``patient``; ``image`` weighs each image the same), so the
+   patient with the most images does not set it alone: patients, not images, are what a
+   training set holds independent samples of.
 5. **Head refit** (``head_refit``, on by default): the head trains again from its initial
    weights on train + eval for the epochs step 2 trained; the temperature and threshold
    stay those of step 4 (fitted on images the heads had not seen). It won on the shared
@@ -72,10 +75,12 @@ HYPERPARAMETERS: tuple[str, ...] = (
     "label_smoothing",
     "head_refit",
     "calibration_folds",
+    "calibration_weights",
     "tile_cache_mb",
     "threshold_rule",
     "seed",
 )
+CALIBRATION_WEIGHTS = ("patient", "image")
 THRESHOLD_GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))
 TEMPERATURE_GRID = tuple(float(t) for t in np.exp(np.linspace(math.log(0.05), math.log(20), 241)))
 DEFAULT_THRESHOLD, DEFAULT_TEMPERATURE = 0.5, 1.0
@@ -405,13 +410,17 @@ def fine_tune(
     return {k: [float(v) for v in values] for k, values in history.history.items()}
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature with the smallest negative log-likelihood of the labels (grid search)."""
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
+) -> float:
+    """The temperature with the smallest (weighted) negative log-likelihood of the labels
+    (grid search)."""
     z, y = logits.astype(np.float64), labels.astype(np.float64)
+    w = np.ones_like(z) if weights is None else np.asarray(weights, np.float64)
 
     def nll(t: float) -> float:
         s = z / t
-        return float(np.mean(np.logaddexp(0.0, s) - y * s))
+        return float(np.average(np.logaddexp(0.0, s) - y * s, weights=w))
 
     return min(TEMPERATURE_GRID, key=nll)
 
@@ -439,14 +448,24 @@ def pick_threshold_for_sensitivity(probabilities: np.ndarray, labels: np.ndarray
     return max(kept) if kept else THRESHOLD_GRID[0]
 
 
+def patient_weights(patients: Sequence[str]) -> np.ndarray:
+    """Each image's weight when every patient weighs the same: 1 / its patient's images,
+    scaled so the weights average 1."""
+    names, index, counts = np.unique(np.asarray(patients), return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[index]
+    return weights * len(weights) / weights.sum()
+
+
 def calibrate(
     logits: np.ndarray,
     labels: np.ndarray,
     rule: str = "eval_balanced_accuracy",
     source: str = "eval split",
+    patients: Sequence[str] | None = None,
 ) -> Calibration:
     """Temperature from held-out logits (the eval split's, or out of fold over train + eval;
-    never the test split), then the threshold by ``rule``:
+    never the test split), each patient weighing the same in its fit where ``patients`` (each
+    logit's) are given, each image otherwise; then the threshold by ``rule``:
 
     - ``balanced_prior``: 0.5, the class-balanced head's own balance point (a temperature
       does not move it): nothing is fitted to the few eval patients;
@@ -458,7 +477,10 @@ def calibrate(
     if len(set(labels.tolist())) < 2:
         logging.warning("eval split holds one class: temperature 1, threshold 0.5")
         return Calibration()
-    temperature = fit_temperature(logits, labels)
+    if patients is not None and len(patients) != len(labels):
+        raise ValueError(f"{len(patients)} patient ids for {len(labels)} calibration logits")
+    weights = None if patients is None else patient_weights(patients)
+    temperature = fit_temperature(logits, labels, weights)
     probabilities = 1.0 / (1.0 + np.exp(-logits / temperature))
     threshold = {
         "balanced_prior": lambda: DEFAULT_THRESHOLD,
@@ -468,8 +490,9 @@ def calibrate(
     return Calibration(
         temperature=float(temperature),
         threshold=float(threshold),
-        fitted_on=f"{source}: {len(labels)} images, {int(labels.sum())} malignant; "
-        f"threshold rule {rule}",
+        fitted_on=f"{source}: {len(labels)} images, {int(labels.sum())} malignant"
+        + ("" if patients is None else f" of {len(set(patients))} patients, each weighing the same")
+        + f"; threshold rule {rule}",
     )
 
 
@@ -510,15 +533,16 @@ def out_of_fold_logits(
     epochs: int,
     hp: dict[str, Any],
     strategy: tf.distribute.Strategy | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits of every train + eval image from a head that never saw its patient: the eval
     split's from the head trained on train (``evaluation``: features, labels, logits), each
     train fold's from ``refit_head`` (same epochs, from the initial weights) on the other
-    folds + eval. Leaves the model's head as the last fold's: callers
+    folds + eval. Returns logits, labels and, for the logits after the eval split's, their
+    rows in ``train``. Leaves the model's head as the last fold's: callers
     restore or refit it. A fold whose rest holds one class is left out."""
     x, y = train
     eval_x, eval_y, eval_logits = evaluation
-    logits, labels = [eval_logits], [eval_y]
+    logits, labels, rows = [eval_logits], [eval_y], [np.zeros(0, np.int64)]
     for fold in np.unique(groups):
         held = groups == fold
         if len(np.unique(np.concatenate([y[~held], eval_y]))) < 2:
@@ -527,7 +551,18 @@ def out_of_fold_logits(
         refit_head(model, initial_weights, rest, (eval_x, eval_y), epochs, hp, [], strategy)
         logits.append(head_logits(model, x[held]))
         labels.append(y[held])
-    return np.concatenate(logits), np.concatenate(labels)
+        rows.append(np.flatnonzero(held))
+    return np.concatenate(logits), np.concatenate(labels), np.concatenate(rows)
+
+
+def _weighs_patients(hp: dict[str, Any]) -> bool:
+    """Whether the temperature's fit weighs patients (True) or images (False) the same."""
+    weights = str(hp["calibration_weights"])
+    if weights not in CALIBRATION_WEIGHTS:
+        raise ValueError(
+            f"unknown calibration weights {weights!r}: use one of {CALIBRATION_WEIGHTS}"
+        )
+    return weights == "patient"
 
 
 def _head_state(model: tf.keras.Model) -> list[tuple[tf.keras.layers.Layer, list[np.ndarray]]]:
@@ -577,12 +612,15 @@ def train(
     built: tuple[tf.keras.Model, backbones.Backbone] | None = None,
     feature_cache: dict[str, np.ndarray] | None = None,
     train_patients: Sequence[str] | None = None,
+    eval_patients: Sequence[str] | None = None,
 ) -> TrainedClassifier:
     """The whole recipe on datasets of (encoded image, label); see the module docstring.
 
     ``train_patients``: each training image's patient, in ``train_images``' order; with them
     the calibration comes from out-of-fold logits over every train + eval patient
-    (``calibration_folds``), without them from the eval split alone.
+    (``calibration_folds``), without them from the eval split alone. ``eval_patients``, the
+    same for ``eval_images``: with every calibration logit's patient known, the temperature's
+    fit weighs each patient the same (``calibration_weights`` ``patient``).
 
     ``built``: a classifier already made by ``build(hp)`` (the Tuner builds before it fits).
     ``feature_cache``: frozen features by image digest, for callers that train many times
@@ -639,20 +677,28 @@ def train(
         _say_head(history[head_phase], hp)
     eval_logits = head_logits(model, eval_features[0])
     epochs = refit_epochs(history[head_phase], hp)
+    for patients, split, labels in (
+        (train_patients, "training", train_features[1]),
+        (eval_patients, "eval", eval_features[1]),
+    ):
+        if patients is not None and len(patients) != len(labels):
+            raise ValueError(f"{len(patients)} patient ids for {len(labels)} {split} images")
+    by_patient = _weighs_patients(hp) and eval_patients is not None
     groups = None
     if train_patients is not None:
-        if len(train_patients) != len(train_features[1]):
-            raise ValueError(
-                f"{len(train_patients)} patient ids for {len(train_features[1])} training images"
-            )
         groups = calibration_groups(
             list(train_patients), train_features[1], int(hp["calibration_folds"]), int(hp["seed"])
         )
     if groups is None:
-        calibration = calibrate(eval_logits, eval_features[1], str(hp["threshold_rule"]))
+        calibration = calibrate(
+            eval_logits,
+            eval_features[1],
+            str(hp["threshold_rule"]),
+            patients=list(eval_patients) if by_patient else None,
+        )
     else:
         trained_head = _head_state(model)
-        oof_logits, oof_labels = out_of_fold_logits(
+        oof_logits, oof_labels, rows = out_of_fold_logits(
             model,
             initial_head,
             train_features,
@@ -666,8 +712,15 @@ def train(
             for layer, weights in trained_head:
                 layer.set_weights(weights)
         folds = f"{1 + len(np.unique(groups))} patient folds, the eval split one"
+        oof_patients = None
+        if by_patient:  # in the logits' order: the eval split's, then the held rows'
+            oof_patients = list(eval_patients) + [train_patients[r] for r in rows]
         calibration = calibrate(
-            oof_logits, oof_labels, str(hp["threshold_rule"]), f"out-of-fold logits ({folds})"
+            oof_logits,
+            oof_labels,
+            str(hp["threshold_rule"]),
+            f"out-of-fold logits ({folds})",
+            oof_patients,
         )
     progress.info(
         "calibration: temperature %.2f, threshold %.2f (%s)",

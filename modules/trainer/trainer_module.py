@@ -43,6 +43,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         ),
         strategy,
         train_patients=data.patient_ids(fn_args.train_files, tf_transform_output),
+        eval_patients=data.patient_ids(fn_args.eval_files, tf_transform_output),
     )
     backbone = trained.backbone
     logging.info("backbone %s, weights: %s", backbone.name, backbone.weights_source)
