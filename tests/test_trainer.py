@@ -307,8 +307,18 @@ def test_image_dataset_is_one_ordered_pass_of_bytes_and_labels(splits):
     assert got == list(zip(splits["eval_images"], splits["eval_labels"], strict=True))
 
 
-def test_count_labels_reads_the_split(splits):
-    assert data.count_labels(splits["train_files"], TransformOutputStandIn()) == [8, 4]
+def test_split_index_reads_labels_and_patients_in_the_images_order(splits):
+    index = data.split_index(splits["train_files"], TransformOutputStandIn())
+    assert index.labels == splits["train_labels"] and index.per_class() == [8, 4]
+    assert index.patients == splits["train_patients"]
+
+    class WithoutPatients(TransformOutputStandIn):  # a Transform graph from before patients
+        def transformed_feature_spec(self) -> dict[str, tf.io.FixedLenFeature]:
+            spec = super().transformed_feature_spec()
+            return {k: v for k, v in spec.items() if k != features.TRANSFORMED_PATIENT_KEY}
+
+    older = data.split_index(splits["train_files"], WithoutPatients())
+    assert older.labels == splits["train_labels"] and older.patients is None
 
 
 # --------------------------------------------------------------------------- calibration

@@ -1,8 +1,11 @@
-"""Input over Transform's output: (encoded image, label) pairs, one ordered pass.
+"""Input over Transform's output: (encoded image, label) pairs, one ordered pass; and
+each split's labels and patients, read without the images.
 
 ``recipe`` decodes and tiles each image itself (``modules/image_tiles``), with the same
 functions the serving signatures use.
 """
+
+import dataclasses
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -34,28 +37,30 @@ def image_dataset(
     return dataset.map(_parser(tf_transform_output), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def count_labels(patterns: list[str], tf_transform_output: tft.TFTransformOutput) -> list[int]:
-    """Images per class in a split, for the training metadata."""
-    counts = [0] * len(features.LABEL_NAMES)
-    for _, label in image_dataset(patterns, tf_transform_output).batch(256):
-        for value in label.numpy():
-            counts[int(value)] += 1
-    return counts
+@dataclasses.dataclass(frozen=True)
+class SplitIndex:
+    """A split's labels and patients in ``image_dataset``'s order, read without the images."""
+
+    labels: list[int]
+    patients: list[str] | None  # None: a Transform graph that does not pass patients through
+
+    def per_class(self) -> list[int]:
+        """Images per class, for the training metadata."""
+        return [self.labels.count(k) for k in range(len(features.LABEL_NAMES))]
 
 
-def patient_ids(
-    patterns: list[str], tf_transform_output: tft.TFTransformOutput
-) -> list[str] | None:
-    """Each image's patient in ``image_dataset``'s order; None for a Transform graph that
-    does not pass patients through (the recipe then calibrates on the eval split alone)."""
+def split_index(patterns: list[str], tf_transform_output: tft.TFTransformOutput) -> SplitIndex:
+    """One pass over a split for what ``run_fn`` needs before training: each image's label
+    and patient (the recipe calibrates on the eval split alone without patients)."""
     spec = tf_transform_output.transformed_feature_spec()
-    if features.TRANSFORMED_PATIENT_KEY not in spec:
-        return None
-    wanted = {features.TRANSFORMED_PATIENT_KEY: spec[features.TRANSFORMED_PATIENT_KEY]}
+    keys = [features.TRANSFORMED_LABEL_KEY, features.TRANSFORMED_PATIENT_KEY]
+    wanted = {key: spec[key] for key in keys if key in spec}
     dataset = tf.data.TFRecordDataset(files(patterns), compression_type="GZIP")
-    parsed = dataset.batch(256).map(lambda s: tf.io.parse_example(s, wanted))
-    return [
-        patient.decode("utf-8")
-        for batch in parsed
-        for patient in batch[features.TRANSFORMED_PATIENT_KEY].numpy().reshape(-1)
-    ]
+    labels: list[int] = []
+    patients: list[str] = []
+    for batch in dataset.batch(256).map(lambda s: tf.io.parse_example(s, wanted)):
+        labels.extend(int(v) for v in batch[features.TRANSFORMED_LABEL_KEY].numpy().reshape(-1))
+        if features.TRANSFORMED_PATIENT_KEY in wanted:
+            found = batch[features.TRANSFORMED_PATIENT_KEY].numpy().reshape(-1)
+            patients.extend(p.decode("utf-8") for p in found)
+    return SplitIndex(labels, patients if features.TRANSFORMED_PATIENT_KEY in wanted else None)

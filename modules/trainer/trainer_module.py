@@ -29,8 +29,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     tf.keras.utils.set_random_seed(int(hp["seed"]))
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     strategy = devices.distribution_strategy()
-    train_counts = data.count_labels(fn_args.train_files, tf_transform_output)
-    eval_counts = data.count_labels(fn_args.eval_files, tf_transform_output)
+    train_index = data.split_index(fn_args.train_files, tf_transform_output)
+    eval_index = data.split_index(fn_args.eval_files, tf_transform_output)
+    train_counts, eval_counts = train_index.per_class(), eval_index.per_class()
     logging.info("train images per class %s, eval %s", train_counts, eval_counts)
 
     trained = recipe.train(
@@ -42,8 +43,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             sum(train_counts), hp, strategy.num_replicas_in_sync, fn_args.train_steps
         ),
         strategy,
-        train_patients=data.patient_ids(fn_args.train_files, tf_transform_output),
-        eval_patients=data.patient_ids(fn_args.eval_files, tf_transform_output),
+        train_patients=train_index.patients,
+        eval_patients=eval_index.patients,
     )
     backbone = trained.backbone
     logging.info("backbone %s, weights: %s", backbone.name, backbone.weights_source)
