@@ -7,7 +7,8 @@ and what Transform writes stays the size of the encoded source (decoded float pi
 ~15x the encoded bytes on disk). Transform still validates the contract (one image, one
 label per example) and travels in the serving graph, so clients send raw PNG/JPEG bytes.
 The patient id passes through for training only: the Trainer calibrates on out-of-fold
-logits of its training patients (``recipe.calibration_folds``).
+logits of its training patients (``recipe.calibration_folds``), each patient weighing the
+same (``calibration_weights``).
 """
 
 from typing import Any
