@@ -451,7 +451,7 @@ def pick_threshold_for_sensitivity(probabilities: np.ndarray, labels: np.ndarray
 def patient_weights(patients: Sequence[str]) -> np.ndarray:
     """Each image's weight when every patient weighs the same: 1 / its patient's images,
     scaled so the weights average 1."""
-    names, index, counts = np.unique(np.asarray(patients), return_inverse=True, return_counts=True)
+    _, index, counts = np.unique(np.asarray(patients), return_inverse=True, return_counts=True)
     weights = 1.0 / counts[index]
     return weights * len(weights) / weights.sum()
 
