@@ -659,7 +659,8 @@ def test_with_every_patient_known_each_weighs_the_same_in_the_temperatures_fit(
     evaluation = pairs(splits["eval_images"], splits["eval_labels"])
     both = {"train_patients": splits["train_patients"], "eval_patients": splits["eval_patients"]}
     hp = tiny_settings(weights=weights_file, epochs_head=2, head_refit=False)
-    trained = recipe.train(train, evaluation, hp, **both)
+    cache: dict = {}  # the frozen features once for the three trainings
+    trained = recipe.train(train, evaluation, hp, feature_cache=cache, **both)
     labels, patients = seen[-1]
     everyone = splits["eval_patients"] + splits["train_patients"]
     assert sorted(patients) == sorted(everyone)
@@ -668,10 +669,12 @@ def test_with_every_patient_known_each_weighs_the_same_in_the_temperatures_fit(
     assert f" of {len(set(everyone))} patients, each weighing the same;" in (
         trained.calibration.fitted_on
     )
-    recipe.train(train, evaluation, {**hp, "calibration_weights": "image"}, **both)
+    image_weighted = {**hp, "calibration_weights": "image"}
+    recipe.train(train, evaluation, image_weighted, feature_cache=cache, **both)
     assert seen[-1][1] is None
     with pytest.raises(ValueError, match="5 patient ids for 6 eval images"):
-        recipe.train(train, evaluation, hp, eval_patients=splits["eval_patients"][:5])
+        short = splits["eval_patients"][:5]
+        recipe.train(train, evaluation, hp, feature_cache=cache, eval_patients=short)
     with pytest.raises(ValueError, match="unknown calibration weights 'slide'"):
         recipe.train(train, evaluation, {**hp, "calibration_weights": "slide"}, **both)
 

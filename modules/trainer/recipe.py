@@ -628,6 +628,7 @@ def train(
     """
     strategy = strategy or tf.distribute.get_strategy()
     size, max_tiles, scales = int(hp["image_size"]), int(hp["max_tiles"]), scales_of(hp)
+    by_patient = _weighs_patients(hp) and eval_patients is not None  # checked before features
     if built is None:
         with strategy.scope():
             built = build(hp)
@@ -683,7 +684,6 @@ def train(
     ):
         if patients is not None and len(patients) != len(labels):
             raise ValueError(f"{len(patients)} patient ids for {len(labels)} {split} images")
-    by_patient = _weighs_patients(hp) and eval_patients is not None
     groups = None
     if train_patients is not None:
         groups = calibration_groups(
