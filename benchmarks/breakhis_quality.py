@@ -536,11 +536,8 @@ def sample_weights(items: list[Item], per_patient: bool) -> np.ndarray:
     """Class-balanced weights (each class sums to half); with ``per_patient`` each patient
     also weighs the same within its class, however many images it has."""
     weights = np.ones(len(items))
-    if per_patient:
-        counts: dict[str, int] = {}
-        for item in items:
-            counts[item.patient] = counts.get(item.patient, 0) + 1
-        weights = np.array([1.0 / counts[i.patient] for i in items])
+    if per_patient:  # the classes' scale is set below, so patient_weights' own one drops out
+        weights = recipe.patient_weights([i.patient for i in items])
     labels = np.array([i.label for i in items])
     for label in (0, 1):
         members = labels == label

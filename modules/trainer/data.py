@@ -55,12 +55,13 @@ def split_index(patterns: list[str], tf_transform_output: tft.TFTransformOutput)
     spec = tf_transform_output.transformed_feature_spec()
     keys = [features.TRANSFORMED_LABEL_KEY, features.TRANSFORMED_PATIENT_KEY]
     wanted = {key: spec[key] for key in keys if key in spec}
+    has_patients = features.TRANSFORMED_PATIENT_KEY in wanted
     dataset = tf.data.TFRecordDataset(files(patterns), compression_type="GZIP")
     labels: list[int] = []
     patients: list[str] = []
     for batch in dataset.batch(256).map(lambda s: tf.io.parse_example(s, wanted)):
         labels.extend(int(v) for v in batch[features.TRANSFORMED_LABEL_KEY].numpy().reshape(-1))
-        if features.TRANSFORMED_PATIENT_KEY in wanted:
+        if has_patients:
             found = batch[features.TRANSFORMED_PATIENT_KEY].numpy().reshape(-1)
             patients.extend(p.decode("utf-8") for p in found)
-    return SplitIndex(labels, patients if features.TRANSFORMED_PATIENT_KEY in wanted else None)
+    return SplitIndex(labels, patients if has_patients else None)
