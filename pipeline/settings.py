@@ -147,7 +147,8 @@ SETTINGS: tuple[Setting, ...] = (
       "minus one more, each fold's head trained on the rest; 1: the eval split alone",
       "folds", "calibration_folds"),
     S("HISTO_CALIBRATION_WEIGHTS", "training", str, "patient",
-      "what weighs the same in the temperature's fit: patient (each patient's images share one "
+      "what weighs the same in the temperature's fit and in the eval_* threshold rules: patient "
+      "(each patient's images share one "
       "weight, so the patient with the most images does not set it alone) or image; patient "
       "needs the patient ids Transform passes through (recipe.CALIBRATION_WEIGHTS)",
       "", "calibration_weights"),

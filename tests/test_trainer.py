@@ -339,6 +339,39 @@ def test_pick_threshold_maximises_balanced_accuracy_on_the_grid():
     assert 0.3 < threshold <= 0.35  # calls 0.35 malignant, 0.3 benign: every image right
 
 
+def test_threshold_rules_weigh_each_patient_the_same_when_given_patient_weights():
+    """A large benign patient scored 0.55 outvotes three small ones image by image; with
+    each patient weighing the same the threshold keeps the malignant image at 0.45."""
+    probabilities = np.array([0.55] * 10 + [0.2, 0.2, 0.2] + [0.45, 0.58, 0.9])
+    labels = np.array([0] * 13 + [1] * 3)
+    patients = ["big"] * 10 + ["b1", "b2", "b3", "m1", "m2", "m3"]
+    weights = recipe.patient_weights(patients)
+    assert recipe.pick_threshold(probabilities, labels) == pytest.approx(0.56)
+    assert recipe.pick_threshold(probabilities, labels, weights) == pytest.approx(0.45)
+    # Sensitivity: one large malignant patient at 0.3, nine small ones at 0.8.
+    probabilities = np.array([0.3] * 10 + [0.8] * 9 + [0.1])
+    labels = np.array([1] * 19 + [0])
+    weights = recipe.patient_weights(["big"] * 10 + [f"m{k}" for k in range(9)] + ["b"])
+    assert recipe.pick_threshold_for_sensitivity(probabilities, labels) == pytest.approx(0.3)
+    kept = recipe.pick_threshold_for_sensitivity(probabilities, labels, weights)
+    assert kept == pytest.approx(0.8)
+
+
+def test_calibrate_picks_the_threshold_with_the_patients_weights():
+    rng = np.random.default_rng(1)
+    logits = np.concatenate([rng.normal(0.4, 0.2, 10), [-2.0, -2.0, -2.0, -0.3, 0.6, 3.0]])
+    labels = np.array([0] * 13 + [1] * 3)
+    patients = ["big"] * 10 + ["b1", "b2", "b3", "m1", "m2", "m3"]
+    for given, weights in ((patients, recipe.patient_weights(patients)), (None, None)):
+        calibration = recipe.calibrate(logits, labels, "eval_balanced_accuracy", patients=given)
+        probabilities = 1.0 / (1.0 + np.exp(-logits / calibration.temperature))
+        expected = recipe.pick_threshold(probabilities, labels, weights)
+        assert calibration.threshold == pytest.approx(expected)
+    weighted = recipe.calibrate(logits, labels, "eval_balanced_accuracy", patients=patients)
+    unweighted = recipe.calibrate(logits, labels, "eval_balanced_accuracy")
+    assert weighted.threshold < unweighted.threshold  # the small benign patients' say
+
+
 def test_calibrate_falls_back_to_defaults_on_one_class():
     calibration = recipe.calibrate(np.array([1.0, 2.0]), np.array([1, 1]))
     assert (calibration.temperature, calibration.threshold) == (1.0, 0.5)
