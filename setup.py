@@ -54,6 +54,7 @@ setup(
             "histo-preprocess=preprocessing.cli:main",
             "histo-demo-data=demo.generate:main",
             "histo-predict=serving.predict:main",
+            "histo-validate=serving.validate:main",
             "histo-web=serving.web:main",
         ]
     },
