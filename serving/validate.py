@@ -224,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             args.image_root, args.layout, args.manifest, patients.validate_rule(args.patient_rule)
         )
         if not records:
-            raise NothingToScoreError(f"{args.image_root}: no labelled image found")
+            why = f"; e.g. {rejected[0]['file']}: {rejected[0]['error']}" if rejected else ""
+            raise NothingToScoreError(
+                f"{args.image_root}: no labelled image found ({len(rejected)} files left out{why})"
+            )
         backend: predict.Backend = (
             predict.LocalBackend(args.model_dir)
             if args.model_dir

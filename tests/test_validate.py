@@ -138,6 +138,15 @@ def test_one_class_gives_no_auc_and_says_why(model_dir, unseen, tmp_path, capsys
     assert "one class only (benign): no AUC" in out
 
 
+def test_a_tree_without_labels_names_a_file_and_why(tmp_path, capsys):
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans" / "a.png").write_bytes(b"not an image")
+    code = validate.main([str(tmp_path), "--model-dir", str(tmp_path / "unused")])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "no labelled image found (1 files left out; e.g. scans/a.png:" in error
+
+
 def test_patients_whose_images_disagree_on_the_label_are_kept_out_of_the_patient_figures():
     scored = [
         {"patient_id": "P1", "label": 0, "probability_malignant": 0.2, "subtype": "F"},
