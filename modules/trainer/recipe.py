@@ -431,7 +431,8 @@ def fit_temperature(
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray | None) -> float:
-    return float(np.average(values, weights=weights))
+    """NaN for no values, as ``np.mean`` gives (one class: no sensitivity or specificity)."""
+    return float(np.average(values, weights=weights)) if len(values) else float("nan")
 
 
 def pick_threshold(
