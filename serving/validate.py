@@ -69,23 +69,26 @@ def _figures(labels: list[int], probabilities: list[float], threshold: float) ->
 
 
 def patient_rows(scored: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
-    """One row per patient: its label, images, mean probability and whether the mean,
-    called at the threshold, is right. A patient whose images disagree on the label is
-    left out of the patient figures (``mixed_labels``)."""
-    by_patient: dict[str, list[dict[str, Any]]] = {}
+    """One row per patient: ``predict.patient_answers``' mean probability of its images
+    (the one patient-level rule), with its label, subtypes and whether the mean, called at
+    the threshold, is right. A patient whose images disagree on the label is left out of
+    the patient figures (``mixed_labels``)."""
+    labels: dict[str, set[int]] = {}
+    subtypes: dict[str, set[str]] = {}
     for row in scored:
-        by_patient.setdefault(row["patient_id"], []).append(row)
+        patient = row["patient_id"]
+        labels.setdefault(patient, set()).add(row["label"])
+        subtypes.setdefault(patient, set()).update({row.get("subtype")} - {None, ""})
     rows = []
-    for patient, members in sorted(by_patient.items()):
-        labels = {m["label"] for m in members}
-        mean = float(np.mean([m["probability_malignant"] for m in members]))
-        row: dict[str, Any] = {"patient_id": patient, "images": len(members)}
-        row["subtypes"] = sorted({m["subtype"] for m in members if m.get("subtype")})
+    for answer in predict.patient_answers(scored):
+        patient, mean = answer["patient_id"], answer["probability_malignant"]
+        row: dict[str, Any] = {"patient_id": patient, "images": answer["images"]}
+        row["subtypes"] = sorted(subtypes[patient])
         row["probability_malignant"] = mean
-        if len(labels) > 1:
+        if len(labels[patient]) > 1:
             row["mixed_labels"] = True
         else:
-            (label,) = labels
+            (label,) = labels[patient]
             row["label"] = features.LABEL_NAMES[label]
             row["called_right"] = bool((mean >= threshold) == bool(label))
         rows.append(row)
@@ -130,8 +133,8 @@ def validate(
     scored = [r for r in results if "probability_malignant" in r]
     if not scored:
         raise NothingToScoreError(f"none of the {len(records)} images could be scored")
-    stored = [r.get("threshold") for r in scored]
-    threshold = float(stored[0]) if stored[0] is not None else DEFAULT_THRESHOLD
+    stored = scored[0].get("threshold")  # the model's, the same in every answer
+    threshold = float(stored) if stored is not None else DEFAULT_THRESHOLD
     labels = [int(r["label"]) for r in scored]
     probabilities = [float(r["probability_malignant"]) for r in scored]
     per_patient = patient_rows(scored, threshold)
@@ -140,7 +143,7 @@ def validate(
         "model": document["model"],
         "signature": document["signature"],
         "threshold": threshold,
-        "threshold_source": "the model's" if stored[0] is not None else "default (none stored)",
+        "threshold_source": "the model's" if stored is not None else "default (none stored)",
         "images": _figures(labels, probabilities, threshold),
         "patients": _figures(
             [features.LABEL_NAMES.index(p["label"]) for p in judged],
