@@ -120,7 +120,7 @@ from modules.trainer import recipe
 from modules.trainer import weights as weights_lib
 from modules.trainer.hyperparameters import hyperparameters
 from pipeline import configs
-from preprocessing import layouts, patients
+from preprocessing import layouts, patients, storage
 
 DEFAULT_OUTPUT = os.path.join(OUTPUT_DIR, "breakhis_quality.json")
 PROBE_C = 0.05
@@ -878,10 +878,9 @@ def main() -> None:
     shown = next((arm for arm in results if arm.startswith("recipe")), None)
     if shown:
         print_subtypes(shown, results[shown]["subtypes"])
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    partial = args.output + ".partial"
-    with open(partial, "w") as f:
-        json.dump(
+    storage.write_text(
+        args.output,
+        json.dumps(
             {
                 "data": args.data,
                 "images": len(items),
@@ -893,11 +892,10 @@ def main() -> None:
                 "seconds": seconds,
                 "results": results,
             },
-            f,
             indent=2,
             default=str,
-        )
-    os.replace(partial, args.output)
+        ),
+    )
     print(f"results: {args.output}")
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as a script from another venv: the repo is not installed there
     sys.path.insert(0, REPO)
-from preprocessing import layouts  # noqa: E402  (pure Python: no TensorFlow)
+from preprocessing import layouts, storage  # noqa: E402  (pure Python: no TensorFlow)
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 DEFAULT_DATA = [os.path.join(SHARED, "breakhis-100x"), os.path.join(SHARED, "breakhis-crops")]
@@ -56,8 +56,6 @@ def write(paths: list[str], compute: Callable[[np.ndarray], np.ndarray], output:
             print(
                 f"{index}/{len(paths)} images ({time.perf_counter() - started:.0f} s)", flush=True
             )
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    partial = output + ".partial.npz"
-    np.savez(partial, paths=np.array(paths), features=np.stack(rows).astype(np.float32))
-    os.replace(partial, output)
+    with storage.replaced_when_done(output, suffix=".npz") as partial:
+        np.savez(partial, paths=np.array(paths), features=np.stack(rows).astype(np.float32))
     print(f"{len(paths)} images, {rows[0].size} features each: {output}")

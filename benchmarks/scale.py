@@ -34,6 +34,7 @@ from benchmarks import component_times  # noqa: E402
 from benchmarks.preprocessing_throughput import make_images  # noqa: E402
 from benchmarks.tree_memory import TreeMemory  # noqa: E402
 from modules import quiet  # noqa: E402
+from preprocessing import storage  # noqa: E402
 
 # Components whose cost should follow the data; the rest are capped by their own settings
 # (TFLiteExport and GradCam look at a fixed number of images).
@@ -182,9 +183,7 @@ def main() -> None:
     if len(results) > 1:
         print(format_ratios(results[0], results[-1]))
     if args.json:
-        with open(args.json + ".partial", "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(args.json + ".partial", args.json)
+        storage.write_text(args.json, json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

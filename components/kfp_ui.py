@@ -16,6 +16,8 @@ import json
 import os
 import sys
 
+from preprocessing import storage
+
 UI_PATH_FLAG = "--metadata_ui_path"
 MAX_MARKDOWN = 45_000  # below KFP's 50 KB inline limit
 
@@ -50,11 +52,7 @@ def emit(viewers: list[dict], argv: list[str] | None = None) -> str | None:
                 outputs = list(json.load(f).get("outputs", []))
         except (OSError, ValueError, AttributeError):
             outputs = []  # a broken file would also be ignored by the entrypoint
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"outputs": outputs + viewers}, f)
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps({"outputs": outputs + viewers}))
     return path
 
 

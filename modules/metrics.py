@@ -1,5 +1,6 @@
 """The one exact ROC AUC for numbers computed outside TFMA (TFLite parity, patient-level
-AUC in the report, the BreakHis benchmark), so they all rank the same way."""
+AUC in the report, the BreakHis benchmark, ``histo-validate``), so they all rank the same
+way; ECE and the operating point beside it, and an interval that resamples patients."""
 
 from collections.abc import Sequence
 
@@ -50,3 +51,41 @@ def operating_point(
         "specificity": specificity,
         "balanced_accuracy": (sensitivity + specificity) / 2,
     }
+
+
+def patient_bootstrap_interval(
+    labels: Sequence[int],
+    scores: Sequence[float],
+    patients: Sequence[str],
+    statistic=roc_auc,
+    rounds: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile interval of ``statistic`` over draws of whole patients with replacement.
+
+    Images of one patient are not independent (one slide, one stain, one tumour), so a
+    figure on a few patients is only as certain as those patients: resampling images would
+    give an interval far too narrow. Draws that hold one class only are redrawn. None
+    when a class has fewer than two patients: no interval says anything then."""
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    groups: dict[str, list[int]] = {}
+    for index, patient in enumerate(patients):
+        groups.setdefault(patient, []).append(index)
+    members = [np.asarray(rows) for rows in groups.values()]
+    classes = [set(labels[rows].tolist()) for rows in members]
+    if sum(c == {1} for c in classes) < 2 or sum(c == {0} for c in classes) < 2:
+        return None
+    generator = np.random.default_rng(seed)
+    values: list[float] = []
+    while len(values) < rounds:
+        drawn = np.concatenate(
+            [members[i] for i in generator.integers(len(members), size=len(members))]
+        )
+        value = statistic(labels[drawn], scores[drawn])
+        if not np.isnan(value):
+            values.append(value)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)

@@ -1,18 +1,21 @@
 """Files on this machine or on an object store (``gs://``; ``s3://`` with Beam's aws extra),
 through Beam's FileSystems, so the job reads and writes what Dataflow workers can see.
 
-Local paths keep the local guarantees (symlink checks in ``layouts``, the atomic rename of
-a finished span). An object store has neither folders nor an atomic rename of many
-objects: a span is written under a staging prefix, copied into place, and marked complete
-by ``COMMIT_MARKER`` written last (``commit_span``); readers of earlier spans count only
-those with the marker (``committed``).
+Local paths keep the local guarantees: symlink checks in ``layouts``, the atomic rename of a
+finished span, every file written under a temporary name and then renamed
+(``replaced_when_done``). An object store publishes an object whole when its upload ends,
+but it has neither folders nor an atomic rename of many objects: a span is written under a
+staging prefix, copied into place, and marked complete by ``COMMIT_MARKER`` written last
+(``commit_span``); readers of earlier spans count only those with the marker (``committed``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+from collections.abc import Iterator
 
 COMMIT_MARKER = "_SUCCESS"  # the last object of a span; its presence is the commit
 SPAN_DIR = re.compile(r"^span-(\d+)$")  # what ImportExampleGen's {SPAN} pattern reads
@@ -49,11 +52,28 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+@contextlib.contextmanager
+def replaced_when_done(target: str, suffix: str = "") -> Iterator[str]:
+    """A temporary name beside a local ``target`` for a writer that takes a file name (NumPy,
+    TFDV, Keras); renamed to ``target`` when the block ends, removed if it raises. Readers see
+    the earlier file or the new one whole, never half of one. ``suffix`` keeps the ending a
+    writer chooses its format by (``.npz``, ``.h5``); the process id keeps two writers apart."""
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    temporary = f"{target}.partial-{os.getpid()}{suffix}"
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
 def write_bytes(path: str, data: bytes) -> None:
-    """One whole object (locally: one file, its folder created first)."""
+    """One whole object: locally one file (its folder created first) under a temporary name,
+    then renamed; on a store one upload, which the store publishes when it ends."""
     if is_local(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "wb") as f:
+        with replaced_when_done(path) as temporary, open(temporary, "wb") as f:
             f.write(data)
         return
     with _beam().create(path, compression_type="uncompressed") as f:

@@ -10,7 +10,10 @@ valid RGB PNG or JPEG is sent as is. Everything else is either repaired or refus
 - grayscale, 16-bit, palette, RGBA or CMYK: converted to 8-bit RGB and re-encoded as PNG
   (noted in the answer; a grayscale tile has lost its stain colours, so treat its answer
   with care);
-- other formats PIL reads (TIFF, WebP, ...): re-encoded as PNG, which the model decodes;
+- other formats PIL reads (TIFF, WebP, ...): re-encoded as PNG, which the model decodes.
+
+Files are read from this machine or from an object store (``gs://``, ``s3://``), as the
+preprocessing reads its input (``preprocessing/storage.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
-from preprocessing import image_io  # the one conversion, shared with training data
+from preprocessing import image_io, storage  # image_io: the one conversion, shared with training
 
 MIN_SIDE = 32
 
@@ -45,12 +48,15 @@ def _png(image: Image.Image) -> bytes:
 
 def prepare(path: str, min_side: int = MIN_SIDE) -> Prepared:
     """Validated bytes for the model, or BadImageError with a reason a person understands."""
+    return prepare_bytes(path, read(path), min_side)
+
+
+def read(path: str) -> bytes:
+    """The file's bytes, or BadImageError saying why they cannot be read."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as error:
+        return storage.read_bytes(path)
+    except OSError as error:  # Beam's BeamIOError is one too
         raise BadImageError(f"cannot read file: {error.strerror or error}") from error
-    return prepare_bytes(path, data, min_side)
 
 
 def prepare_bytes(name: str, data: bytes, min_side: int = MIN_SIDE) -> Prepared:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from modules import features
-from preprocessing import layouts, patients
+from preprocessing import layouts, patients, storage
 from serving import images, overlays, rest
 
 BATCH = 16
@@ -205,19 +205,15 @@ def answer_images(
 def write_overlays(document: dict, folder: str) -> None:
     """``--explain``: each answered image's Grad-CAM overlay as a PNG in ``folder``; the
     document then names the file instead of carrying the map."""
-    os.makedirs(folder, exist_ok=True)
     for index, result in enumerate(document["results"]):
         heat = result.pop(features.HEATMAP_OUTPUT, None)
         result.pop(features.BENIGN_HEATMAP_OUTPUT, None)
         if heat is None:
             continue
-        with open(result["file"], "rb") as f:
-            png = overlays.overlay_png(images.prepare_bytes(result["file"], f.read()).data, heat)
+        png = overlays.overlay_png(images.prepare(result["file"], min_side=1).data, heat)
         stem = os.path.splitext(os.path.basename(result["file"]))[0]
         target = os.path.join(folder, f"{index:03d}_{stem}_gradcam.png")
-        with open(target + ".partial", "wb") as f:
-            f.write(png)
-        os.replace(target + ".partial", target)
+        storage.write_bytes(target, png)
         result["overlay"] = target
 
 

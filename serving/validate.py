@@ -8,11 +8,15 @@ it scores it on its own slides. The tree is read as the preprocessing reads it (
 folders, BreakHis or IDC file names, or ``--manifest``; ``preprocessing/layouts.py``), its
 slides grouped into patients by ``--patient-rule``, and every image is answered through the
 REST body ``serving.predict`` sends, so the figures are those of the served model. Printed:
-image-level AUC, sensitivity, specificity and balanced accuracy at the model's own threshold
-and ECE (``modules/metrics.py``, as the benchmark and the report compute them); the same per
-patient (the mean probability of its images, as ``predict`` and the report call a patient);
-per subtype where the names carry one. ``--output`` writes all of it, every image's answer
-and every file left out with its reason, as JSON (a temporary name, then renamed).
+image-level AUC with a 95% interval that resamples patients, sensitivity, specificity and
+balanced accuracy at the model's own threshold and ECE (``modules/metrics.py``, as the
+benchmark and the report compute them); the same per patient (the mean probability of its
+images, as ``predict`` and the report call a patient); per subtype where the names carry
+one. ``--output`` writes all of it, every image's answer and every file left out with its
+reason, as JSON (a temporary name, then renamed; on an object store, one upload). The tree,
+the manifest and the JSON may sit on an object store (``gs://``, ``s3://``), read and
+written as the preprocessing does (``preprocessing/storage.py``): a lab scores the slides
+its pipeline will train on where they already are.
 Exit status: 0 every image scored, 1 scored but some files were left out, 2 the model
 could not be used or there was nothing to score.
 """
@@ -30,12 +34,18 @@ from typing import Any
 import numpy as np
 
 from modules import features
-from modules.metrics import expected_calibration_error, operating_point, roc_auc
-from preprocessing import layouts, patients
+from modules.metrics import (
+    expected_calibration_error,
+    operating_point,
+    patient_bootstrap_interval,
+    roc_auc,
+)
+from preprocessing import layouts, patients, storage
 from serving import images, predict, rest
 
 DEFAULT_THRESHOLD = 0.5  # a model without a stored threshold (older exports) is called at 0.5
 MAX_LISTED = 20  # patients called wrong named on the console (all of them in the JSON)
+ROUNDS = 1000  # patient bootstrap draws behind each AUC's 95% interval
 
 
 class NothingToScoreError(ValueError):
@@ -54,8 +64,12 @@ def labelled_images(
     return grouped, [{"file": r.source, "error": r.reason} for r in rejects]
 
 
-def _figures(labels: list[int], probabilities: list[float], threshold: float) -> dict[str, Any]:
-    """AUC, operating point and ECE; a figure the labels cannot give (one class) is None."""
+def _figures(
+    labels: list[int], probabilities: list[float], threshold: float, patient_ids: list[str]
+) -> dict[str, Any]:
+    """AUC with its interval over patients, operating point and ECE; a figure the labels
+    cannot give (one class; for the interval, fewer than two patients of a class) is None."""
+    interval = patient_bootstrap_interval(labels, probabilities, patient_ids, rounds=ROUNDS)
     values = {
         "auc": roc_auc(labels, probabilities),
         **operating_point(labels, probabilities, threshold),
@@ -63,6 +77,7 @@ def _figures(labels: list[int], probabilities: list[float], threshold: float) ->
     }
     figures: dict[str, Any] = {"count": len(labels), "malignant": int(sum(labels))}
     figures.update({k: None if math.isnan(v) else v for k, v in values.items()})
+    figures["auc_interval"] = list(interval) if interval else None
     if len(set(labels)) == 1:
         figures["note"] = f"one class only ({features.LABEL_NAMES[labels[0]]}): no AUC"
     return figures
@@ -144,11 +159,12 @@ def validate(
         "signature": document["signature"],
         "threshold": threshold,
         "threshold_source": "the model's" if stored is not None else "default (none stored)",
-        "images": _figures(labels, probabilities, threshold),
+        "images": _figures(labels, probabilities, threshold, [r["patient_id"] for r in scored]),
         "patients": _figures(
             [features.LABEL_NAMES.index(p["label"]) for p in judged],
             [p["probability_malignant"] for p in judged],
             threshold,
+            [p["patient_id"] for p in judged],
         ),
         "per_patient": per_patient,
         "per_subtype": _subtype_rows(scored, threshold),
@@ -168,10 +184,12 @@ def summary_lines(report: dict[str, Any], left_out: int) -> list[str]:
     ]
     for level in ("images", "patients"):
         f = report[level]
+        interval = f.get("auc_interval")
         lines.append(
-            f"{level}: {f['count']} ({f['malignant']} malignant)  AUC {_number(f['auc'])}  "
-            f"sensitivity {_number(f['sensitivity'])}  specificity {_number(f['specificity'])}  "
-            f"balanced accuracy {_number(f['balanced_accuracy'])}  ECE {_number(f['ece'])}"
+            f"{level}: {f['count']} ({f['malignant']} malignant)  AUC {_number(f['auc'])}"
+            + (f" (95% CI {interval[0]:.3f}-{interval[1]:.3f} over patients)" if interval else "")
+            + f"  sensitivity {_number(f['sensitivity'])}  specificity {_number(f['specificity'])}"
+            f"  balanced accuracy {_number(f['balanced_accuracy'])}  ECE {_number(f['ece'])}"
             + (f"  [{f['note']}]" if "note" in f else "")
         )
     wrong = [p for p in report["per_patient"] if p.get("called_right") is False]
@@ -194,15 +212,6 @@ def summary_lines(report: dict[str, Any], left_out: int) -> list[str]:
     return lines
 
 
-def write_json(document: dict[str, Any], path: str) -> None:
-    """Written to a temporary name and renamed: an earlier report survives a failed run."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = path + ".partial"
-    with open(partial, "w") as f:
-        json.dump(document, f, indent=2)
-    os.replace(partial, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("image_root", help="labelled images (class folders, BreakHis, IDC)")
@@ -221,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     args = parser.parse_args(argv)
     try:
-        if not os.path.isdir(args.image_root):
+        if storage.is_local(args.image_root) and not os.path.isdir(args.image_root):
             raise NothingToScoreError(f"{args.image_root}: not a folder")
         records, rejected = labelled_images(
             args.image_root, args.layout, args.manifest, patients.validate_rule(args.patient_rule)
@@ -241,9 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"validate: {error}", file=sys.stderr)
         return 2
     failed = [{"file": r["file"], "error": r["error"]} for r in report["results"] if "error" in r]
-    report.update(image_root=os.path.abspath(args.image_root), left_out=rejected + failed)
-    if args.output:
-        write_json(report, args.output)
+    root = (
+        os.path.abspath(args.image_root) if storage.is_local(args.image_root) else args.image_root
+    )
+    report.update(image_root=root, left_out=rejected + failed)
+    if args.output:  # whole or not at all: an earlier report survives a failed run
+        storage.write_text(args.output, json.dumps(report, indent=2))
     print("\n".join(summary_lines(report, len(report["left_out"]))))
     for item in report["left_out"]:
         print(f"  left out: {item['file']}: {item['error']}", file=sys.stderr)

@@ -163,3 +163,52 @@ def test_ingestion_converts_only_what_arrived_on_the_store(gcs, tmp_path, monkey
     assert third["span"] == 2 and third["new_images"] == 9
     assert records_in(f"{data}/span-2") == 9
     assert os.listdir(tmp_path) == []
+
+
+def test_validate_scores_a_tree_on_the_store_as_it_scores_the_same_tree_on_disk(
+    gcs, first_run, tmp_path, tmp_path_factory, monkeypatch
+):
+    """``histo-validate gs://...``: the tree and the JSON on the store, the same answers as
+    for a local copy, a cut file named with its reason; nothing lands in a local folder."""
+    from demo.generate import generate
+    from serving import predict, validate
+
+    local = str(tmp_path_factory.mktemp("validate-local"))
+    generate(
+        local, images_per_patient=2, patients_per_class=2, size=128, seed=13, first_patient=700
+    )
+    sources = sorted(
+        os.path.relpath(os.path.join(d, n), local) for d, _, names in os.walk(local) for n in names
+    )
+    with open(os.path.join(local, sources[0]), "rb") as f:
+        cut = f.read()[:200]
+    with open(os.path.join(os.path.dirname(os.path.join(local, sources[0])), "cut.png"), "wb") as f:
+        f.write(cut)
+    monkeypatch.chdir(tmp_path)
+    root = f"{gcs}/validate/images"
+    for source in [*sources, os.path.join(os.path.dirname(sources[0]), "cut.png")]:
+        with open(os.path.join(local, source), "rb") as f:
+            storage.write_bytes(f"{root}/{source}", f.read())
+    model_dir = first_run["summary"]["pushed_to"]
+    output = f"{gcs}/validate/report.json"
+
+    assert validate.main([root, "--model-dir", model_dir, "--output", output]) == 1
+    remote = json.loads(storage.read_bytes(output))
+    on_disk = str(tmp_path_factory.mktemp("validate-json") / "report.json")
+    assert validate.main([local, "--model-dir", model_dir, "--output", on_disk]) == 1
+    with open(on_disk) as f:
+        here = json.load(f)
+    assert remote["image_root"] == root and here["image_root"] == local
+    assert remote["images"]["count"] == len(sources) == 8
+    assert remote["images"] == here["images"] and remote["patients"] == here["patients"]
+    answers = {r["file"]: r.get("probability_malignant") for r in here["results"]}
+    assert {r["file"]: r.get("probability_malignant") for r in remote["results"]} == answers
+    [left_out] = remote["left_out"]
+    assert left_out["file"].endswith("/cut.png") and "truncated" in left_out["error"]
+
+    # predict reads a single image off the store the same way
+    backend = predict.LocalBackend(model_dir)
+    document = predict.predict_files([f"{root}/{sources[0]}"], backend)
+    [answer] = document["results"]
+    assert answer["probability_malignant"] == pytest.approx(answers[sources[0]], abs=1e-6)
+    assert os.listdir(tmp_path) == []

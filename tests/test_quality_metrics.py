@@ -4,7 +4,12 @@ worked out by hand."""
 import numpy as np
 import pytest
 
-from modules.metrics import expected_calibration_error, operating_point, roc_auc
+from modules.metrics import (
+    expected_calibration_error,
+    operating_point,
+    patient_bootstrap_interval,
+    roc_auc,
+)
 from serving import predict
 
 
@@ -52,3 +57,29 @@ def test_patient_answers_average_answered_images_at_the_models_threshold():
 )
 def test_a_files_patient_comes_from_its_name_else_its_folder(path, patient):
     assert predict.patient_of_file(path) == patient
+
+
+def test_the_auc_interval_resamples_patients_not_their_images():
+    """Two benign and two malignant patients, 30 images each, every patient's images close
+    together: which patients a draw holds decides its AUC (benign 0.6 against malignant
+    0.4 ranks them all wrong, benign 0.2 against malignant 0.8 all right), so an interval
+    over patients spans most of [0, 1]; one that treats every image as independent is
+    narrow around the same point estimate, the false certainty the patients remove."""
+    rng = np.random.default_rng(0)
+    centres = {"benign-a": (0, 0.2), "benign-b": (0, 0.6), "mal-c": (1, 0.4), "mal-d": (1, 0.8)}
+    labels, scores, patients = [], [], []
+    for patient, (label, centre) in centres.items():
+        labels += [label] * 30
+        scores += list(centre + rng.normal(0, 0.02, 30))
+        patients += [patient] * 30
+    low, high = patient_bootstrap_interval(labels, scores, patients)
+    assert low < 0.2 and high == 1.0
+    images = patient_bootstrap_interval(labels, scores, [str(i) for i in range(120)])
+    assert images[0] <= roc_auc(labels, scores) <= images[1] and images[1] - images[0] < 0.2
+
+
+def test_the_interval_is_a_point_where_every_draw_agrees_and_none_with_one_patient_a_class():
+    labels = [0, 0, 1, 1, 1]
+    assert patient_bootstrap_interval(labels, [0.1, 0.2, 0.7, 0.8, 0.9], list("aabcd")) is None
+    separated = patient_bootstrap_interval(labels, [0.1, 0.2, 0.7, 0.8, 0.9], list("abcde"))
+    assert separated == (1.0, 1.0)

@@ -12,7 +12,7 @@ import pytest
 import local_runner
 from demo.generate import generate
 from modules import features
-from modules.metrics import expected_calibration_error, roc_auc
+from modules.metrics import expected_calibration_error, patient_bootstrap_interval, roc_auc
 from serving import validate
 from tf_serving_standin import TFServingStandIn
 
@@ -68,6 +68,9 @@ def test_every_good_image_is_scored_and_the_figures_are_its_answers(report):
     positives = np.array(labels) == 1
     assert images["sensitivity"] == pytest.approx(called[positives].mean())
     assert images["specificity"] == pytest.approx((~called[~positives]).mean())
+    patients = [r["patient_id"] for r in scored]
+    interval = patient_bootstrap_interval(labels, probabilities, patients, rounds=validate.ROUNDS)
+    assert images["auc_interval"] == pytest.approx(list(interval))
 
 
 def test_each_patient_is_the_mean_of_its_images_called_at_the_models_threshold(report):
@@ -102,7 +105,10 @@ def test_over_tf_serving_the_figures_are_those_of_the_model_on_disk(
     assert code == 1 and over_rest["model"].startswith("http://")
     local = report["document"]
     for level in ("images", "patients"):
-        assert over_rest[level] == pytest.approx(local[level], abs=1e-6), level
+        interval = over_rest[level].pop("auc_interval")
+        assert interval == pytest.approx(local[level]["auc_interval"], abs=1e-6), level
+        expected = {k: v for k, v in local[level].items() if k != "auc_interval"}
+        assert over_rest[level] == pytest.approx(expected, abs=1e-6), level
 
 
 def test_files_it_cannot_use_are_named_with_the_reason_and_the_exit_status_says_so(report):

@@ -26,7 +26,6 @@ import os
 import re
 import socket
 import ssl
-import tempfile
 import threading
 import zipfile
 from collections.abc import Callable, Iterable
@@ -38,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from modules.trainer import torch_checkpoint
+from preprocessing import storage
 
 logger = logging.getLogger(__name__)
 
@@ -242,12 +242,8 @@ def load_or_convert(
             logger.warning("ignoring unreadable weights cache %s: %s", target, error)
     convert(model)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(suffix=".h5", dir=target.parent)
-        os.close(handle)
-        model.save_weights(temporary)
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600; the cache may be shared
-        os.replace(temporary, target)
+        with storage.replaced_when_done(str(target), suffix=".h5") as temporary:
+            model.save_weights(temporary)
         logger.info("cached converted weights at %s", target)
     except OSError as error:
         logger.warning("could not cache converted weights at %s: %s", target, error)

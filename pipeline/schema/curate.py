@@ -21,6 +21,7 @@ import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from modules import features
+from preprocessing import storage
 from preprocessing.image_io import DEFAULT_MIN_SIDE, SOURCE_FORMATS
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.pbtxt")
@@ -86,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=SCHEMA_FILE)
     args = parser.parse_args(argv)
     schema = curate(tfdv.infer_schema(tfdv.load_stats_binary(args.statistics)))
-    tmp = args.output + ".tmp"
-    tfdv.write_schema_text(schema, tmp)
-    os.replace(tmp, args.output)
+    with storage.replaced_when_done(args.output) as partial:
+        tfdv.write_schema_text(schema, partial)
     print(f"wrote {args.output}")
     return 0
 
