@@ -2,7 +2,7 @@
 AUC in the report, the BreakHis benchmark, ``histo-validate``), so they all rank the same
 way; ECE and the operating point beside it, and an interval that resamples patients."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -53,11 +53,9 @@ def operating_point(
     }
 
 
-def patient_bootstrap_interval(
-    labels: Sequence[int],
-    scores: Sequence[float],
-    patients: Sequence[str],
-    statistic=roc_auc,
+def bootstrap_over_patients(
+    patient_labels: Sequence[int],
+    statistic: Callable[[np.ndarray], float],
     rounds: int = 1000,
     level: float = 0.95,
     seed: int = 0,
@@ -66,8 +64,35 @@ def patient_bootstrap_interval(
 
     Images of one patient are not independent (one slide, one stain, one tumour), so a
     figure on a few patients is only as certain as those patients: resampling images would
-    give an interval far too narrow. Draws that hold one class only are redrawn. None
-    when a class has fewer than two patients: no interval says anything then."""
+    give an interval far too narrow. ``statistic`` gets how many times each patient was
+    drawn; a draw it cannot score (NaN: one class only) is redrawn. ``patient_labels`` is
+    each patient's class (0 or 1; anything else for a patient of both); None when a class
+    has fewer than two patients: no interval says anything then."""
+    labels = np.asarray(patient_labels)
+    if (labels == 1).sum() < 2 or (labels == 0).sum() < 2:
+        return None
+    generator = np.random.default_rng(seed)
+    uniform = np.full(len(labels), 1 / len(labels))
+    values: list[float] = []
+    while len(values) < rounds:
+        value = statistic(generator.multinomial(len(labels), uniform))
+        if not np.isnan(value):
+            values.append(value)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def patient_bootstrap_interval(
+    labels: Sequence[int],
+    scores: Sequence[float],
+    patients: Sequence[str],
+    rounds: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """The AUC's interval over patients (``bootstrap_over_patients``) from each image's
+    label, score and patient."""
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
     groups: dict[str, list[int]] = {}
@@ -75,17 +100,10 @@ def patient_bootstrap_interval(
         groups.setdefault(patient, []).append(index)
     members = [np.asarray(rows) for rows in groups.values()]
     classes = [set(labels[rows].tolist()) for rows in members]
-    if sum(c == {1} for c in classes) < 2 or sum(c == {0} for c in classes) < 2:
-        return None
-    generator = np.random.default_rng(seed)
-    values: list[float] = []
-    while len(values) < rounds:
-        drawn = np.concatenate(
-            [members[i] for i in generator.integers(len(members), size=len(members))]
-        )
-        value = statistic(labels[drawn], scores[drawn])
-        if not np.isnan(value):
-            values.append(value)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+    patient_labels = [next(iter(c)) if len(c) == 1 else -1 for c in classes]
+
+    def auc_of(counts: np.ndarray) -> float:
+        drawn = np.concatenate([np.tile(members[i], n) for i, n in enumerate(counts) if n])
+        return roc_auc(labels[drawn], scores[drawn])
+
+    return bootstrap_over_patients(patient_labels, auc_of, rounds, level, seed)

@@ -15,10 +15,11 @@ from PIL import Image
 from tensorflow_model_analysis.proto import validation_result_pb2
 
 import local_runner
-from components.eval_report import charts, derive, html_report, model_card, sources
+from components.eval_report import charts, derive, html_report, model_card, sources, tfma_reader
 from components.eval_report.tfma_reader import EvalData
 from histo_testlib import node_states
 from modules import features
+from modules.metrics import patient_bootstrap_interval, roc_auc
 from modules.trainer import export
 
 SECTIONS = (
@@ -62,7 +63,7 @@ def test_calibration_bins_fold_the_overflow_bucket_and_give_the_ece():
     assert derive.expected_calibration_error(bins) == pytest.approx(expected)
 
 
-def _data(metrics: dict, validation=None, baseline=None) -> EvalData:
+def _data(metrics: dict, validation=None, baseline=None, slice_matrices=None) -> EvalData:
     return EvalData(
         eval_config=tfma.EvalConfig(),
         baseline_name=baseline,
@@ -72,6 +73,7 @@ def _data(metrics: dict, validation=None, baseline=None) -> EvalData:
         confusion_matrices=[],
         calibration_buckets=[],
         validation=validation or validation_result_pb2.ValidationResult(validation_ok=True),
+        slice_confusion_matrices=slice_matrices or {},
     )
 
 
@@ -90,6 +92,55 @@ def test_patient_view_aggregates_tfma_patient_slices():
     assert a["sensitivity"] == a["specificity"] == 0.5
     assert a["auc"] == pytest.approx(0.75)  # 3 of 4 malignant-benign pairs ranked right
     assert [r["patient_id"] for r in view["rows"]] == ["B1", "B2", "M1", "M2"]
+
+
+def _matrices(labels, scores, thresholds) -> list[dict]:
+    """TFMA's ConfusionMatrixPlot of some images: positive where score > threshold."""
+    labels, scores = np.asarray(labels, bool), np.asarray(scores)
+    out = []
+    for t in thresholds:
+        called = scores > t
+        out.append(
+            {
+                "threshold": float(t),
+                "tp": float((called & labels).sum()),
+                "fp": float((called & ~labels).sum()),
+                "tn": float((~called & ~labels).sum()),
+                "fn": float((~called & labels).sum()),
+            }
+        )
+    return out
+
+
+def test_the_image_auc_interval_from_tfmas_patient_matrices_is_the_bootstrap_of_the_images():
+    """Seven patients' images on a grid TFMA's 1000 thresholds separate: summing the drawn
+    patients' matrices gives each draw the AUC of its images, so the report's interval is
+    the one ``histo-validate`` computes from the raw answers, draw for draw."""
+    rng = np.random.default_rng(3)
+    thresholds = np.concatenate([[-1e-6], np.arange(1, 1000) / 1000, [1.0]])
+    metrics, slice_matrices, labels, scores, patients = {}, {}, [], [], []
+    for index, label in enumerate([0, 0, 0, 1, 1, 1, 1]):
+        patient = f"P{index}"
+        mine = (rng.integers(100, 900, size=5) + 0.5 + 150 * label) / 1000  # between thresholds
+        mine = np.minimum(mine, 0.9995)
+        key = ((features.PATIENT_ID_KEY, patient),)
+        metrics[key] = {"mean_label": float(label), "mean_prediction": float(mine.mean())}
+        slice_matrices[key] = _matrices([label] * 5, mine, thresholds)
+        labels += [label] * 5
+        scores += mine.tolist()
+        patients += [patient] * 5
+    overall = _matrices(labels, scores, thresholds)
+    area = derive.area_under_roc(
+        *(np.array([m[k] for m in overall]) for k in ("tp", "fp", "tn", "fn"))
+    )
+    assert area == pytest.approx(roc_auc(labels, scores), abs=1e-12)
+    interval = derive.image_auc_interval(_data(metrics, slice_matrices=slice_matrices))
+    assert interval == pytest.approx(
+        patient_bootstrap_interval(labels, scores, patients), abs=1e-12
+    )
+    assert interval[0] < roc_auc(labels, scores) < interval[1]
+    one_benign = {k: v for k, v in metrics.items() if k[0][1] not in ("P1", "P2")}
+    assert derive.image_auc_interval(_data(one_benign, slice_matrices=slice_matrices)) is None
 
 
 def test_blessing_section_explains_a_rejection():
@@ -181,6 +232,11 @@ def test_report_has_a_model_card_with_intervals_and_grad_cam_thumbnails(report):
     low, high = model_card.wilson_interval(op["tp"], op["tp"] + op["fn"])
     assert f"<td>sensitivity</td><td>{op['sensitivity']:.4f}</td>" in card
     assert f"{low:.3f} &ndash; {high:.3f}" in card
+    # The image AUC's interval resamples the evaluated patients, from TFMA's own matrices.
+    over_patients = derive.image_auc_interval(tfma_reader.load(report["json"]["evaluation_uri"]))
+    assert report["json"]["auc_interval_over_patients"] == pytest.approx(list(over_patients))
+    low, high = over_patients
+    assert f"{low:.3f} &ndash; {high:.3f}</td><td>patients resampled</td>" in card
     thumbs = _section(report["html"], "grad-cam")
     assert thumbs.count("truth <b>benign</b>") == thumbs.count("truth <b>malignant</b>") == 2
 

@@ -78,6 +78,7 @@ def build(
             for column in SLICE_COLUMNS
         },
         "patients": derive.patients(data, threshold),
+        "auc_interval_over_patients": derive.image_auc_interval(data),
         "class_balance": class_balance,
         "data": data_facts,
         "model": model_facts,

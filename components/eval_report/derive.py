@@ -7,16 +7,21 @@
 - the patient-level view: TFMA's per-patient slices. A patient's score is the mean of its
   image probabilities (TFMA's ``mean_prediction`` on that slice) and its label the slice's
   ``mean_label``; the patient is called malignant when the score reaches the decision
-  threshold. Patient-level AUC ranks patients by that score (Mann-Whitney).
+  threshold. Patient-level AUC ranks patients by that score (Mann-Whitney);
+- the image AUC's interval over patients: TFMA's confusion matrices of each patient's slice
+  (1000 thresholds) summed over draws of whole patients with replacement, each draw's AUC
+  the area under the summed matrices' ROC points (``modules.metrics.bootstrap_over_patients``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from components.eval_report.tfma_reader import EvalData, SliceKey
 from modules import features
-from modules.metrics import roc_auc
+from modules.metrics import bootstrap_over_patients, roc_auc
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -161,3 +166,38 @@ def overall(data: EvalData) -> dict[str, Any]:
 
 def slice_label(key: SliceKey) -> str:
     return ", ".join(f"{c}={v}" for c, v in key) or "overall"
+
+
+def area_under_roc(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarray) -> float:
+    """Trapezoidal area under the ROC points of counts at ascending thresholds, with the
+    curve's endpoints (as ``roc_points``); NaN without both classes."""
+    positives, negatives = tp[0] + fn[0], fp[0] + tn[0]
+    if positives <= 0 or negatives <= 0:
+        return float("nan")
+    tpr = np.concatenate([[0.0], (tp / positives)[::-1], [1.0]])
+    fpr = np.concatenate([[0.0], (fp / negatives)[::-1], [1.0]])
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def image_auc_interval(data: EvalData, rounds: int = 1000) -> tuple[float, float] | None:
+    """95% interval of the image-level AUC over draws of the evaluated patients; None when
+    TFMA wrote no per-patient plots or a class has fewer than two patients."""
+    slices = [
+        (metrics, data.slice_confusion_matrices.get(((features.PATIENT_ID_KEY, patient),)))
+        for patient, metrics in slices_of(data, features.PATIENT_ID_KEY)
+    ]
+    slices = [(m, matrices) for m, matrices in slices if matrices]
+    if not slices or len({len(matrices) for _, matrices in slices}) != 1:
+        return None
+    counts = {
+        name: np.array([[m[name] for m in matrices] for _, matrices in slices])
+        for name in ("tp", "fp", "tn", "fn")
+    }
+    labels = [
+        int(round(m["mean_label"])) if m.get("mean_label") in (0.0, 1.0) else -1 for m, _ in slices
+    ]
+
+    def auc_of(drawn: np.ndarray) -> float:
+        return area_under_roc(*(drawn @ counts[name] for name in ("tp", "fp", "tn", "fn")))
+
+    return bootstrap_over_patients(labels, auc_of, rounds)

@@ -1,10 +1,13 @@
 """The report's model card: intended use, data, metrics with their uncertainty, limitations.
 
 Model Card Toolkit does not install against this stack (it needs TFMA < 0.42), so the
-card is a section of the report, from the same numbers. Intervals are 95%: Wilson's for a
-proportion (sensitivity, specificity), Hanley & McNeil's (1982) standard error for the AUC.
-Both treat images as independent, which images of one patient are not: with few patients
-the real uncertainty is wider, and the card says so.
+card is a section of the report, from the same numbers. Intervals are 95%. The image AUC's
+resamples whole patients (the report's ``auc_interval_over_patients``, from TFMA's
+per-patient confusion matrices): images of one patient are not independent, and with few
+patients that is most of the uncertainty. Where it cannot be drawn (fewer than two patients
+of a class), and for the other figures, the textbook intervals: Wilson's for a proportion
+(sensitivity, specificity), Hanley & McNeil's (1982) standard error for an AUC; those treat
+images as independent, and the card says so.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import math
 from typing import Any
 
 Z95 = 1.959964
+PATIENTS_RESAMPLED = "patients resampled"
+HANLEY_MCNEIL = "Hanley & McNeil"
+WILSON = "Wilson"
 
 INTENDED_USE = (
     "Research on breast histopathology image classification (benign vs malignant H&E "
@@ -53,10 +59,16 @@ def build(report: dict[str, Any]) -> dict[str, Any]:
     tp, fn, tn, fp = (int(op.get(k) or 0) for k in ("tp", "fn", "tn", "fp"))
     auc = report["overall"].get("auc")
     patients = report["patients"]["aggregate"]
+    over_patients = report.get("auc_interval_over_patients")
     metrics = [
-        ("AUC (image)", auc, auc_interval(auc, tp + fn, tn + fp)),
-        ("sensitivity", op.get("sensitivity"), wilson_interval(tp, tp + fn)),
-        ("specificity", op.get("specificity"), wilson_interval(tn, tn + fp)),
+        (
+            "AUC (image)",
+            auc,
+            tuple(over_patients) if over_patients else auc_interval(auc, tp + fn, tn + fp),
+            PATIENTS_RESAMPLED if over_patients else HANLEY_MCNEIL,
+        ),
+        ("sensitivity", op.get("sensitivity"), wilson_interval(tp, tp + fn), WILSON),
+        ("specificity", op.get("specificity"), wilson_interval(tn, tn + fp), WILSON),
         (
             "AUC (patient)",
             patients.get("auc"),
@@ -65,13 +77,24 @@ def build(report: dict[str, Any]) -> dict[str, Any]:
                 int(patients.get("tp") or 0) + int(patients.get("fn") or 0),
                 int(patients.get("tn") or 0) + int(patients.get("fp") or 0),
             ),
+            HANLEY_MCNEIL,
         ),
     ]
     evaluated = report["data"]["evaluated_split"]
+    independent = (
+        "the sensitivity and specificity intervals count images as independent, and images "
+        "of one patient are not, so with few patients the real uncertainty is wider"
+    )
+    if over_patients:
+        caveat = (
+            "the image AUC's interval draws whole patients, so it shows how much these "
+            f"{patients.get('patients')} patients can tell; {independent}"
+        )
+    else:
+        caveat = f"the image AUC's interval and {independent.removeprefix('the ')}"
     limitations = [
         f"Evaluated on {tp + fn + tn + fp} images of {patients.get('patients')} patients "
-        f"(split '{evaluated}'); intervals count images as independent, and images of one "
-        "patient are not, so with few patients the real uncertainty is wider.",
+        f"(split '{evaluated}'); {caveat}.",
         "Trained and evaluated on the data of this run only (one staining protocol, scanner "
         "and magnification mix): expect lower performance on other labs' slides; the drift "
         "gate compares new data with the data behind the serving model.",
@@ -85,7 +108,8 @@ def build(report: dict[str, Any]) -> dict[str, Any]:
         "calibration_fitted_on": report["model"].get("calibration_fitted_on", ""),
         "class_balance": report["class_balance"],
         "metrics": [
-            {"name": n, "value": v, "low": low, "high": high} for n, v, (low, high) in metrics
+            {"name": n, "value": v, "low": low, "high": high, "method": method}
+            for n, v, (low, high), method in metrics
         ],
         "limitations": limitations,
     }

@@ -29,6 +29,11 @@ class EvalData:
     confusion_matrices: list[dict[str, float]]  # overall slice, candidate, ascending threshold
     calibration_buckets: list[dict[str, float]]  # overall slice, candidate
     validation: Any  # tfma ValidationResult proto
+    # every slice's ConfusionMatrixPlot (1000 thresholds, ascending), candidate: the
+    # per-patient ones give an interval that resamples patients (derive.image_auc_interval)
+    slice_confusion_matrices: dict[SliceKey, list[dict[str, float]]] = dataclasses.field(
+        default_factory=dict
+    )
 
 
 def slice_key(proto: Any) -> SliceKey:
@@ -92,19 +97,22 @@ def _read_metrics(uri: str, baseline: str | None) -> tuple[dict, dict, dict]:
     return candidate, base, diffs
 
 
-def _read_plots(uri: str, baseline: str | None) -> tuple[list, list]:
-    matrices: list[dict] = []
+def _read_plots(uri: str) -> tuple[dict[SliceKey, list], list]:
+    """Every slice's confusion matrices (ascending threshold), the overall slice's buckets."""
+    matrices: dict[SliceKey, list[dict]] = {}
     buckets: list[dict] = []
     for record in tfma.load_plots(uri):
-        if slice_key(record.slice_key):
-            continue
+        key = slice_key(record.slice_key)
         for kv in record.plot_keys_and_values:
             if kv.key.model_name not in CANDIDATE_NAMES:
                 continue
             plot = kv.value
             if plot.confusion_matrix_at_thresholds.matrices:
-                matrices = [_matrix(m) for m in plot.confusion_matrix_at_thresholds.matrices]
-            if plot.calibration_histogram_buckets.buckets:
+                matrices[key] = sorted(
+                    (_matrix(m) for m in plot.confusion_matrix_at_thresholds.matrices),
+                    key=lambda m: m["threshold"],
+                )
+            if key == () and plot.calibration_histogram_buckets.buckets:
                 buckets = [
                     {
                         "lower": b.lower_threshold_inclusive,
@@ -115,7 +123,6 @@ def _read_plots(uri: str, baseline: str | None) -> tuple[list, list]:
                     }
                     for b in plot.calibration_histogram_buckets.buckets
                 ]
-    matrices.sort(key=lambda m: m["threshold"])
     return matrices, buckets
 
 
@@ -124,16 +131,17 @@ def load(evaluation_uri: str) -> EvalData:
     config, _data_location, _file_format, _models = eval_config_writer.load_eval_run(evaluation_uri)
     baseline = _baseline_name(config)
     metrics, baseline_metrics, diffs = _read_metrics(evaluation_uri, baseline)
-    matrices, buckets = _read_plots(evaluation_uri, baseline)
+    matrices, buckets = _read_plots(evaluation_uri)
     return EvalData(
         eval_config=config,
         baseline_name=baseline,
         metrics=metrics,
         baseline_metrics=baseline_metrics,
         diffs=diffs,
-        confusion_matrices=matrices,
+        confusion_matrices=matrices.get((), []),
         calibration_buckets=buckets,
         validation=tfma.load_validation_result(evaluation_uri),
+        slice_confusion_matrices=matrices,
     )
 
 
