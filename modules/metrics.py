@@ -92,13 +92,14 @@ def patient_bootstrap_interval(
     seed: int = 0,
 ) -> tuple[float, float] | None:
     """The AUC's interval over patients (``bootstrap_over_patients``) from each image's
-    label, score and patient."""
+    label, score and patient. Patients are drawn in the order of their ids, as the
+    evaluation report draws its patient slices, so both give the same draws."""
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
     groups: dict[str, list[int]] = {}
     for index, patient in enumerate(patients):
         groups.setdefault(patient, []).append(index)
-    members = [np.asarray(rows) for rows in groups.values()]
+    members = [np.asarray(groups[patient]) for patient in sorted(groups)]  # as the report's
     classes = [set(labels[rows].tolist()) for rows in members]
     patient_labels = [next(iter(c)) if len(c) == 1 else -1 for c in classes]
 

@@ -361,3 +361,18 @@ def test_charts_are_matplotlib_pngs_with_each_series_drawn():
     upper_green = green[green[:, 0] < line_rows.min()]
     assert len(upper_green) > 20
     assert upper_green[:, 1].mean() < red[:, 1].mean()
+
+
+def test_the_kfp_ui_summary_gives_the_candidate_auc_with_its_interval_over_patients():
+    from components.eval_report import component
+
+    built = {
+        "blessing": {"blessed": False, "candidate_auc": 0.5942, "has_baseline": False},
+        "overall": {"auc": 0.5942},
+        "auc_interval_over_patients": [0.2926, 0.9307],
+    }
+    built["blessing"]["failures"] = []
+    text = component.ui_summary(built, "/out/report")
+    assert "- candidate AUC: 0.5942 (95% interval over patients 0.293-0.931)" in text
+    built["auc_interval_over_patients"] = None
+    assert "- candidate AUC: 0.5942\n" in component.ui_summary(built, "/out/report")

@@ -115,7 +115,11 @@ def ui_summary(built: dict, uri: str) -> str:
     blessing = built["blessing"]
     verdict = "blessed" if blessing["blessed"] else "NOT blessed"
     lines = [f"## Evaluation: model {verdict}", ""]
-    lines.append(f"- candidate AUC: {blessing['candidate_auc']}")
+    interval = built.get("auc_interval_over_patients")
+    lines.append(
+        f"- candidate AUC: {blessing['candidate_auc']}"
+        + (f" (95% interval over patients {interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
+    )
     if blessing["has_baseline"]:
         lines.append(f"- last blessed model's AUC: {blessing['baseline_auc']}")
     lines += [

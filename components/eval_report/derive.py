@@ -179,12 +179,18 @@ def area_under_roc(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarra
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
+def _first(item: tuple) -> Any:
+    return item[0]
+
+
 def image_auc_interval(data: EvalData, rounds: int = 1000) -> tuple[float, float] | None:
     """95% interval of the image-level AUC over draws of the evaluated patients; None when
-    TFMA wrote no per-patient plots or a class has fewer than two patients."""
+    TFMA wrote no per-patient plots or a class has fewer than two patients. Patients in the
+    order of their ids, as ``metrics.patient_bootstrap_interval`` (``histo-validate``) draws
+    them, so the report and a validation of the same images agree draw for draw."""
     slices = [
         (metrics, data.slice_confusion_matrices.get(((features.PATIENT_ID_KEY, patient),)))
-        for patient, metrics in slices_of(data, features.PATIENT_ID_KEY)
+        for patient, metrics in sorted(slices_of(data, features.PATIENT_ID_KEY), key=_first)
     ]
     slices = [(m, matrices) for m, matrices in slices if matrices]
     if not slices or len({len(matrices) for _, matrices in slices}) != 1:
