@@ -89,7 +89,9 @@ checked against the exported graph's own path (``recipe.image_logit``).
 Reported per arm (pooled out-of-fold predictions, mean ± sd over seeds; fold AUC mean ± sd
 over every fold of every seed): image AUC, patient-level AUC (mean probability per patient),
 balanced accuracy, sensitivity and specificity at the arm's own threshold, ECE (10 bins),
-wall time. Table on stdout, JSON to ``--output``.
+wall time; beneath the table, each AUC's 95% interval over the patients (1,000 draws of
+whole patients per seed, ``modules.metrics.patient_bootstrap_interval``, bounds averaged
+over seeds). Table on stdout, JSON to ``--output``.
 
     .venv/bin/python benchmarks/breakhis_quality.py            # full: 5 folds x 3 seeds
     .venv/bin/python benchmarks/breakhis_quality.py --quick    # 5 folds x 1 seed, 2 arms
@@ -115,7 +117,12 @@ import tensorflow as tf
 
 from benchmarks.feature_files import DEFAULT_DATA, OUTPUT_DIR
 from modules import image_tiles
-from modules.metrics import expected_calibration_error, operating_point, roc_auc
+from modules.metrics import (
+    expected_calibration_error,
+    operating_point,
+    patient_bootstrap_interval,
+    roc_auc,
+)
 from modules.trainer import recipe
 from modules.trainer import weights as weights_lib
 from modules.trainer.hyperparameters import hyperparameters
@@ -699,12 +706,17 @@ def arm_runner(arm: str, bank: FeatureBank, seed: int) -> Callable[[Fold, bool],
 
 
 def summarize(per_seed: list[list[Scores]]) -> dict:
-    """Pooled out-of-fold figures per seed, then mean and sd over seeds."""
+    """Pooled out-of-fold figures per seed, then mean and sd over seeds; with each seed's
+    95% interval of the pooled image and patient AUCs over the patients (1,000 draws of
+    whole patients), whose bounds are averaged over seeds: how far the figures are from
+    the goals given that the data holds only so many patients."""
     pooled: dict[str, list[float]] = {}
+    intervals: dict[str, list[tuple[float, float]]] = {"image_auc": [], "patient_auc": []}
     fold_auc = []
     for folds in per_seed:
         labels = [v for s in folds for v in s.labels]
         probs = [v for s in folds for v in s.probabilities]
+        patient_of_image = [p for s in folds for p in s.patients]
         fold_auc.extend(roc_auc(s.labels, s.probabilities) for s in folds)
         called = [float(p >= s.threshold) for s in folds for p in s.probabilities]
         point = operating_point(labels, called, 0.5)
@@ -712,11 +724,20 @@ def summarize(per_seed: list[list[Scores]]) -> dict:
         for s in folds:
             for label, patient, p in zip(s.labels, s.patients, s.probabilities, strict=True):
                 by_patient.setdefault(patient, [label, []])[1].append(p)
+        patient_labels = [v[0] for v in by_patient.values()]
+        patient_means = [float(np.mean(v[1])) for v in by_patient.values()]
+        for name, interval in (
+            ("image_auc", patient_bootstrap_interval(labels, probs, patient_of_image)),
+            (
+                "patient_auc",
+                patient_bootstrap_interval(patient_labels, patient_means, list(by_patient)),
+            ),
+        ):
+            if interval:
+                intervals[name].append(interval)
         figures = {
             "image_auc": roc_auc(labels, probs),
-            "patient_auc": roc_auc(
-                [v[0] for v in by_patient.values()], [np.mean(v[1]) for v in by_patient.values()]
-            ),
+            "patient_auc": roc_auc(patient_labels, patient_means),
             **point,
             "ece": expected_calibration_error(labels, probs),
         }
@@ -731,6 +752,9 @@ def summarize(per_seed: list[list[Scores]]) -> dict:
         }
         for name, values in pooled.items()
     }
+    for name, bounds in intervals.items():
+        if bounds:
+            out[name]["interval"] = [float(np.mean([b[i] for b in bounds])) for i in (0, 1)]
     out["fold_auc"] = {
         "mean": statistics.mean(defined),
         "sd": statistics.stdev(defined) if len(defined) > 1 else 0.0,
@@ -800,6 +824,14 @@ def print_table(results: dict, seconds: dict, header: str) -> None:
             f"{r['sensitivity']['mean']:>5.3f} | {r['specificity']['mean']:>5.3f} | "
             f"{r['ece']['mean']:>5.3f} | {seconds[arm]:>5.0f}"
         )
+    print("95% intervals over patients (1,000 draws of whole patients per seed, bounds averaged):")
+    for arm, r in results.items():
+        spans = [
+            f"{label} {r[name]['interval'][0]:.3f}-{r[name]['interval'][1]:.3f}"
+            for name, label in (("image_auc", "image AUC"), ("patient_auc", "patient AUC"))
+            if "interval" in r[name]
+        ]
+        print(f"{arm}: {', '.join(spans) or 'n/a (a class with fewer than two patients)'}")
     if "probe" in results:
         floor = results["probe"]["image_auc"]["mean"]
         for arm, r in results.items():

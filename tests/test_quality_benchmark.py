@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks import breakhis_quality as bq
+from modules.metrics import patient_bootstrap_interval
 
 
 def _items(images_per_patient: dict[str, tuple[int, int]]) -> list[bq.Item]:
@@ -70,6 +71,37 @@ def test_by_subtype_averages_patients_over_their_images_then_seeds():
     # M0: 0.9 >= 0.5 right, 0.4 >= 0.35 right.
     assert malignant["mean_probability"] == pytest.approx(0.65)
     assert malignant["patients_called_right"] == 1.0
+
+
+def test_the_pooled_aucs_get_intervals_over_patients_averaged_over_seeds():
+    """Each seed's pooled images are resampled by patient (two folds pooled first); the
+    table's bounds are the seeds' averaged; too few patients of a class: no interval."""
+    rng = np.random.default_rng(1)
+
+    def fold(patients, labels):
+        n = 4
+        return bq.Scores(
+            [lab for lab in labels for _ in range(n)],
+            [p for p in patients for _ in range(n)],
+            list(rng.uniform(0.3, 0.7, n * len(patients)) + 0.2 * np.repeat(labels, n)),
+            0.5,
+        )
+
+    seeds = [
+        [fold(["B0", "M0", "B1"], [0, 1, 0]), fold(["M1", "B2", "M2"], [1, 0, 1])],
+        [fold(["B0", "M1", "B2"], [0, 1, 0]), fold(["M0", "B1", "M2"], [1, 0, 1])],
+    ]
+    out = bq.summarize(seeds)
+    expected = []
+    for folds in seeds:
+        labels = [v for s in folds for v in s.labels]
+        probs = [v for s in folds for v in s.probabilities]
+        patients = [p for s in folds for p in s.patients]
+        expected.append(patient_bootstrap_interval(labels, probs, patients))
+    assert out["image_auc"]["interval"] == pytest.approx(np.mean(expected, axis=0).tolist())
+    assert out["patient_auc"]["interval"][0] <= out["patient_auc"]["mean"]
+    one_benign = [[fold(["B0", "M0", "M1"], [0, 1, 1])]]
+    assert "interval" not in bq.summarize(one_benign)["image_auc"]
 
 
 def test_overlapping_tiles_add_a_tile_on_every_seam_of_the_recipes_grid():
