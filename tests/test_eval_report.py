@@ -19,7 +19,7 @@ from components.eval_report import charts, derive, html_report, model_card, sour
 from components.eval_report.tfma_reader import EvalData
 from histo_testlib import node_states
 from modules import features
-from modules.metrics import patient_bootstrap_interval, roc_auc
+from modules.metrics import bootstrap_over_patients, patient_bootstrap_interval, roc_auc
 from modules.trainer import export
 
 SECTIONS = (
@@ -143,6 +143,48 @@ def test_the_image_auc_interval_from_tfmas_patient_matrices_is_the_bootstrap_of_
     assert derive.image_auc_interval(_data(one_benign, slice_matrices=slice_matrices)) is None
 
 
+def test_sensitivity_and_specificity_intervals_draw_patients_with_their_counts():
+    """Each patient's TFMA counts at the threshold, summed per draw, give the share of the
+    drawn images called right: the same as drawing the images patient by patient."""
+    threshold = 0.5
+    called = {"B0": [0, 0, 1], "B1": [1, 1], "B2": [0], "M0": [1, 1, 0, 1], "M1": [0], "M2": [1]}
+    metrics = {}
+    for patient, calls in called.items():
+        label = int(patient.startswith("M"))
+        tp = sum(calls) if label else 0
+        fp = 0 if label else sum(calls)
+        matrix = {"threshold": threshold, "tp": tp, "fp": fp}
+        matrix |= {"tn": 0 if label else len(calls) - fp, "fn": len(calls) - tp if label else 0}
+        metrics[((features.PATIENT_ID_KEY, patient),)] = {
+            "mean_label": float(label),
+            "confusion_matrix_at_thresholds": [matrix],
+        }
+    intervals = derive.operating_point_intervals(_data(metrics), threshold)
+    patients = sorted(called)
+    labels = [int(p.startswith("M")) for p in patients]
+
+    def share_right(label: int):
+        def of(drawn: np.ndarray) -> float:
+            right = [
+                c == label
+                for p, n in zip(patients, drawn, strict=True)
+                if int(p.startswith("M")) == label
+                for c in called[p] * n
+            ]
+            return float(np.mean(right)) if right else float("nan")
+
+        return of
+
+    assert intervals["sensitivity"] == pytest.approx(
+        bootstrap_over_patients(labels, share_right(1))
+    )
+    assert intervals["specificity"] == pytest.approx(
+        bootstrap_over_patients(labels, share_right(0))
+    )
+    low, high = intervals["sensitivity"]
+    assert low < 4 / 6 < high and high - low > 0.3  # 4 of 6 malignant images pooled
+
+
 def test_blessing_section_explains_a_rejection():
     validation = validation_result_pb2.ValidationResult(validation_ok=False)
     failure = validation.metric_validations_per_slice.add().failures.add()
@@ -229,14 +271,21 @@ def test_report_has_a_model_card_with_intervals_and_grad_cam_thumbnails(report):
     card = _section(report["html"], "model-card")
     assert "Not a diagnostic device" in card
     op = report["json"]["operating_point"]
-    low, high = model_card.wilson_interval(op["tp"], op["tp"] + op["fn"])
     assert f"<td>sensitivity</td><td>{op['sensitivity']:.4f}</td>" in card
-    assert f"{low:.3f} &ndash; {high:.3f}" in card
-    # The image AUC's interval resamples the evaluated patients, from TFMA's own matrices.
-    over_patients = derive.image_auc_interval(tfma_reader.load(report["json"]["evaluation_uri"]))
+    # The image-level intervals resample the evaluated patients, from TFMA's own counts.
+    data = tfma_reader.load(report["json"]["evaluation_uri"])
+    over_patients = derive.image_auc_interval(data)
     assert report["json"]["auc_interval_over_patients"] == pytest.approx(list(over_patients))
     low, high = over_patients
     assert f"{low:.3f} &ndash; {high:.3f}</td><td>patients resampled</td>" in card
+    point = derive.operating_point_intervals(data, op["threshold"])
+    for name in ("sensitivity", "specificity"):
+        low, high = point[name]
+        assert report["json"]["operating_point_intervals_over_patients"][name] == (
+            pytest.approx([low, high])
+        )
+        assert f"<td>{name}</td><td>{op[name]:.4f}</td>" in card
+        assert f"{low:.3f} &ndash; {high:.3f}</td><td>patients resampled</td>" in card
     thumbs = _section(report["html"], "grad-cam")
     assert thumbs.count("truth <b>benign</b>") == thumbs.count("truth <b>malignant</b>") == 2
 

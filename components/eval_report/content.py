@@ -79,6 +79,9 @@ def build(
         },
         "patients": derive.patients(data, threshold),
         "auc_interval_over_patients": derive.image_auc_interval(data),
+        "operating_point_intervals_over_patients": derive.operating_point_intervals(
+            data, threshold
+        ),
         "class_balance": class_balance,
         "data": data_facts,
         "model": model_facts,

@@ -179,31 +179,60 @@ def area_under_roc(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarra
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
-def _first(item: tuple) -> Any:
-    return item[0]
+COUNTS = ("tp", "fp", "tn", "fn")
+
+
+def _patient_slices(data: EvalData) -> list[tuple[str, dict[str, Any], int]]:
+    """(patient, TFMA's metrics of its slice, its class or -1 for both) in the order of the
+    ids, as ``metrics.patient_bootstrap_interval`` (``histo-validate``) draws them, so the
+    report and a validation of the same images agree draw for draw."""
+    return [
+        (patient, m, int(m["mean_label"]) if m.get("mean_label") in (0.0, 1.0) else -1)
+        for patient, m in sorted(slices_of(data, features.PATIENT_ID_KEY), key=lambda item: item[0])
+    ]
 
 
 def image_auc_interval(data: EvalData, rounds: int = 1000) -> tuple[float, float] | None:
     """95% interval of the image-level AUC over draws of the evaluated patients; None when
-    TFMA wrote no per-patient plots or a class has fewer than two patients. Patients in the
-    order of their ids, as ``metrics.patient_bootstrap_interval`` (``histo-validate``) draws
-    them, so the report and a validation of the same images agree draw for draw."""
+    TFMA wrote no per-patient plots or a class has fewer than two patients."""
     slices = [
-        (metrics, data.slice_confusion_matrices.get(((features.PATIENT_ID_KEY, patient),)))
-        for patient, metrics in sorted(slices_of(data, features.PATIENT_ID_KEY), key=_first)
+        (label, data.slice_confusion_matrices.get(((features.PATIENT_ID_KEY, patient),)))
+        for patient, _, label in _patient_slices(data)
     ]
-    slices = [(m, matrices) for m, matrices in slices if matrices]
+    slices = [(label, matrices) for label, matrices in slices if matrices]
     if not slices or len({len(matrices) for _, matrices in slices}) != 1:
         return None
     counts = {
-        name: np.array([[m[name] for m in matrices] for _, matrices in slices])
-        for name in ("tp", "fp", "tn", "fn")
+        name: np.array([[m[name] for m in matrices] for _, matrices in slices]) for name in COUNTS
     }
-    labels = [
-        int(round(m["mean_label"])) if m.get("mean_label") in (0.0, 1.0) else -1 for m, _ in slices
-    ]
 
     def auc_of(drawn: np.ndarray) -> float:
-        return area_under_roc(*(drawn @ counts[name] for name in ("tp", "fp", "tn", "fn")))
+        return area_under_roc(*(drawn @ counts[name] for name in COUNTS))
 
-    return bootstrap_over_patients(labels, auc_of, rounds)
+    return bootstrap_over_patients([label for label, _ in slices], auc_of, rounds)
+
+
+def operating_point_intervals(
+    data: EvalData, threshold: float, rounds: int = 1000
+) -> dict[str, tuple[float, float] | None]:
+    """95% intervals of sensitivity and specificity at ``threshold`` over draws of the
+    evaluated patients, from each patient slice's TFMA counts at that threshold; None where
+    a patient's counts are missing or a class has fewer than two patients."""
+    slices = _patient_slices(data)
+    rows = [at_threshold(m, threshold) for _, m, _ in slices]
+    if not rows or any(r.get("tp") is None for r in rows):
+        return {"sensitivity": None, "specificity": None}
+    counts = {name: np.array([r[name] for r in rows], dtype=np.float64) for name in COUNTS}
+    labels = [label for _, _, label in slices]
+
+    def share(hit: str, miss: str):
+        def of(drawn: np.ndarray) -> float:
+            total = drawn @ (counts[hit] + counts[miss])
+            return float(drawn @ counts[hit] / total) if total > 0 else float("nan")
+
+        return of
+
+    return {
+        "sensitivity": bootstrap_over_patients(labels, share("tp", "fn"), rounds),
+        "specificity": bootstrap_over_patients(labels, share("tn", "fp"), rounds),
+    }

@@ -1,13 +1,14 @@
 """The report's model card: intended use, data, metrics with their uncertainty, limitations.
 
 Model Card Toolkit does not install against this stack (it needs TFMA < 0.42), so the
-card is a section of the report, from the same numbers. Intervals are 95%. The image AUC's
-resamples whole patients (the report's ``auc_interval_over_patients``, from TFMA's
-per-patient confusion matrices): images of one patient are not independent, and with few
-patients that is most of the uncertainty. Where it cannot be drawn (fewer than two patients
-of a class), and for the other figures, the textbook intervals: Wilson's for a proportion
-(sensitivity, specificity), Hanley & McNeil's (1982) standard error for an AUC; those treat
-images as independent, and the card says so.
+card is a section of the report, from the same numbers. Intervals are 95%. The image-level
+figures' (AUC, sensitivity, specificity) resample whole patients (the report's
+``auc_interval_over_patients`` and ``operating_point_intervals_over_patients``, from TFMA's
+per-patient counts): images of one patient are not independent, and with few patients that
+is most of the uncertainty. Where those cannot be drawn (fewer than two patients of a
+class), the textbook intervals, which treat images as independent, and the card says so:
+Wilson's for a proportion, Hanley & McNeil's (1982) standard error for an AUC (also the
+patient AUC's, whose units are the patients).
 """
 
 from __future__ import annotations
@@ -60,15 +61,29 @@ def build(report: dict[str, Any]) -> dict[str, Any]:
     auc = report["overall"].get("auc")
     patients = report["patients"]["aggregate"]
     over_patients = report.get("auc_interval_over_patients")
+    point = report.get("operating_point_intervals_over_patients") or {}
+
+    def either(
+        resampled: list[float] | None, textbook: tuple[float, float], method: str
+    ) -> tuple[tuple[float, float], str]:
+        return (tuple(resampled), PATIENTS_RESAMPLED) if resampled else (textbook, method)
+
     metrics = [
         (
             "AUC (image)",
             auc,
-            tuple(over_patients) if over_patients else auc_interval(auc, tp + fn, tn + fp),
-            PATIENTS_RESAMPLED if over_patients else HANLEY_MCNEIL,
+            *either(over_patients, auc_interval(auc, tp + fn, tn + fp), HANLEY_MCNEIL),
         ),
-        ("sensitivity", op.get("sensitivity"), wilson_interval(tp, tp + fn), WILSON),
-        ("specificity", op.get("specificity"), wilson_interval(tn, tn + fp), WILSON),
+        (
+            "sensitivity",
+            op.get("sensitivity"),
+            *either(point.get("sensitivity"), wilson_interval(tp, tp + fn), WILSON),
+        ),
+        (
+            "specificity",
+            op.get("specificity"),
+            *either(point.get("specificity"), wilson_interval(tn, tn + fp), WILSON),
+        ),
         (
             "AUC (patient)",
             patients.get("auc"),
@@ -81,17 +96,17 @@ def build(report: dict[str, Any]) -> dict[str, Any]:
         ),
     ]
     evaluated = report["data"]["evaluated_split"]
-    independent = (
-        "the sensitivity and specificity intervals count images as independent, and images "
-        "of one patient are not, so with few patients the real uncertainty is wider"
-    )
-    if over_patients:
+    textbook = [n for n, _, _, method in metrics[:3] if method != PATIENTS_RESAMPLED]
+    if not textbook:
         caveat = (
-            "the image AUC's interval draws whole patients, so it shows how much these "
-            f"{patients.get('patients')} patients can tell; {independent}"
+            "the image-level intervals draw whole patients, so they show how much these "
+            f"{patients.get('patients')} patients can tell, not how the model does on others"
         )
     else:
-        caveat = f"the image AUC's interval and {independent.removeprefix('the ')}"
+        caveat = (
+            f"the intervals of {', '.join(textbook)} count images as independent, and images "
+            "of one patient are not, so with few patients the real uncertainty is wider"
+        )
     limitations = [
         f"Evaluated on {tp + fn + tn + fp} images of {patients.get('patients')} patients "
         f"(split '{evaluated}'); {caveat}.",
