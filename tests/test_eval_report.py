@@ -1,6 +1,7 @@
 """Evaluation report: every section is there and its numbers are TFMA's own."""
 
 import glob
+import html
 import io
 import json
 import math
@@ -272,22 +273,50 @@ def test_report_has_a_model_card_with_intervals_and_grad_cam_thumbnails(report):
     assert "Not a diagnostic device" in card
     op = report["json"]["operating_point"]
     assert f"<td>sensitivity</td><td>{op['sensitivity']:.4f}</td>" in card
-    # The image-level intervals resample the evaluated patients, from TFMA's own counts.
+    # The image-level intervals resample the evaluated patients, from TFMA's own counts,
+    # widened where the textbook interval over images reaches further.
     data = tfma_reader.load(report["json"]["evaluation_uri"])
     over_patients = derive.image_auc_interval(data)
     assert report["json"]["auc_interval_over_patients"] == pytest.approx(list(over_patients))
-    low, high = over_patients
-    assert f"{low:.3f} &ndash; {high:.3f}</td><td>patients resampled</td>" in card
+    auc = report["json"]["overall"]["auc"]
+    (low, high), method = model_card.interval_over_patients(
+        over_patients,
+        model_card.auc_interval(auc, op["tp"] + op["fn"], op["tn"] + op["fp"]),
+        model_card.HANLEY_MCNEIL,
+    )
+    assert f"<td>AUC (image)</td><td>{auc:.4f}</td>" in card
+    assert f"{low:.3f} &ndash; {high:.3f}</td><td>{html.escape(method)}</td>" in card
     point = derive.operating_point_intervals(data, op["threshold"])
-    for name in ("sensitivity", "specificity"):
-        low, high = point[name]
+    counts = {"sensitivity": (op["tp"], op["fn"]), "specificity": (op["tn"], op["fp"])}
+    for name, (right, wrong) in counts.items():
         assert report["json"]["operating_point_intervals_over_patients"][name] == (
-            pytest.approx([low, high])
+            pytest.approx(list(point[name]))
         )
+        (low, high), method = model_card.interval_over_patients(
+            point[name], model_card.wilson_interval(right, right + wrong), model_card.WILSON
+        )
+        assert method.startswith(model_card.PATIENTS_RESAMPLED)
         assert f"<td>{name}</td><td>{op[name]:.4f}</td>" in card
-        assert f"{low:.3f} &ndash; {high:.3f}</td><td>patients resampled</td>" in card
+        assert f"{low:.3f} &ndash; {high:.3f}</td><td>{html.escape(method)}</td>" in card
     thumbs = _section(report["html"], "grad-cam")
     assert thumbs.count("truth <b>benign</b>") == thumbs.count("truth <b>malignant</b>") == 2
+
+
+def test_an_interval_over_patients_is_widened_where_the_one_over_images_reaches_further():
+    wilson = model_card.wilson_interval(16, 16)  # right on all 16 images: (0.806, 1.0)
+    resampled = model_card.PATIENTS_RESAMPLED
+    # No draw of patients held an error: the images still say it may be as low as 0.806.
+    assert model_card.interval_over_patients((1.0, 1.0), wilson, model_card.WILSON) == (
+        (wilson[0], 1.0),
+        f"{resampled}, {model_card.WILSON}",
+    )
+    # The patients' interval is the wider: it stands.
+    assert model_card.interval_over_patients((0.2, 1.0), (0.5, 0.9), "x") == ((0.2, 1.0), resampled)
+    # A textbook interval that has nothing to say (n/a) leaves it as it is.
+    nan = float("nan")
+    assert model_card.interval_over_patients((1.0, 1.0), (nan, nan), "x") == ((1.0, 1.0), resampled)
+    # Too few patients to draw: the textbook interval alone.
+    assert model_card.interval_over_patients(None, (0.5, 0.9), "x") == ((0.5, 0.9), "x")
 
 
 def test_interval_formulas_match_published_values():

@@ -54,6 +54,26 @@ def auc_interval(auc: float, positives: int, negatives: int, z: float = Z95) -> 
     return max(0.0, auc - half), min(1.0, auc + half)
 
 
+def interval_over_patients(
+    resampled: list[float] | tuple[float, float] | None,
+    textbook: tuple[float, float],
+    method: str,
+) -> tuple[tuple[float, float], str]:
+    """The interval over patients, widened to the textbook one where that reaches further,
+    and what it came from. Each misses what the other sees: the textbook interval treats
+    images as independent; the patient bootstrap sees no uncertainty where no draw holds an
+    error (a model right on every evaluated image gets 1.000 - 1.000), which Wilson's
+    interval, counting the images, does not claim. Without patients to draw: the textbook."""
+    if not resampled:
+        return textbook, method
+    low, high = resampled
+    known = all(v == v for v in textbook)
+    wider = known and (textbook[0] < low or textbook[1] > high)
+    if not wider:
+        return (low, high), PATIENTS_RESAMPLED
+    return (min(low, textbook[0]), max(high, textbook[1])), f"{PATIENTS_RESAMPLED}, {method}"
+
+
 def build(report: dict[str, Any]) -> dict[str, Any]:
     """The card's facts from the report's content (``content.build``)."""
     op = report["operating_point"]
@@ -63,11 +83,7 @@ def build(report: dict[str, Any]) -> dict[str, Any]:
     over_patients = report.get("auc_interval_over_patients")
     point = report.get("operating_point_intervals_over_patients") or {}
 
-    def either(
-        resampled: list[float] | None, textbook: tuple[float, float], method: str
-    ) -> tuple[tuple[float, float], str]:
-        return (tuple(resampled), PATIENTS_RESAMPLED) if resampled else (textbook, method)
-
+    either = interval_over_patients
     metrics = [
         (
             "AUC (image)",
@@ -96,7 +112,7 @@ def build(report: dict[str, Any]) -> dict[str, Any]:
         ),
     ]
     evaluated = report["data"]["evaluated_split"]
-    textbook = [n for n, _, _, method in metrics[:3] if method != PATIENTS_RESAMPLED]
+    textbook = [n for n, _, _, method in metrics[:3] if not method.startswith(PATIENTS_RESAMPLED)]
     if not textbook:
         caveat = (
             "the image-level intervals draw whole patients, so they show how much these "
