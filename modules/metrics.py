@@ -53,6 +53,9 @@ def operating_point(
     }
 
 
+MAX_DRAWS_PER_ROUND = 100  # redraws allowed per kept draw before giving up
+
+
 def bootstrap_over_patients(
     patient_labels: Sequence[int],
     statistic: Callable[[np.ndarray], float],
@@ -67,17 +70,22 @@ def bootstrap_over_patients(
     give an interval far too narrow. ``statistic`` gets how many times each patient was
     drawn; a draw it cannot score (NaN: one class only) is redrawn. ``patient_labels`` is
     each patient's class (0 or 1; anything else for a patient of both); None when a class
-    has fewer than two patients: no interval says anything then."""
+    has fewer than two patients (no interval says anything then), or when the statistic
+    cannot score even one draw in a hundred."""
     labels = np.asarray(patient_labels)
     if (labels == 1).sum() < 2 or (labels == 0).sum() < 2:
         return None
     generator = np.random.default_rng(seed)
     uniform = np.full(len(labels), 1 / len(labels))
     values: list[float] = []
-    while len(values) < rounds:
+    for _ in range(MAX_DRAWS_PER_ROUND * rounds):  # a statistic NaN on every draw: no end
         value = statistic(generator.multinomial(len(labels), uniform))
         if not np.isnan(value):
             values.append(value)
+            if len(values) == rounds:
+                break
+    else:
+        return None
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from modules.metrics import (
+    bootstrap_over_patients,
     expected_calibration_error,
     operating_point,
     patient_bootstrap_interval,
@@ -83,3 +84,7 @@ def test_the_interval_is_a_point_where_every_draw_agrees_and_none_with_one_patie
     assert patient_bootstrap_interval(labels, [0.1, 0.2, 0.7, 0.8, 0.9], list("aabcd")) is None
     separated = patient_bootstrap_interval(labels, [0.1, 0.2, 0.7, 0.8, 0.9], list("abcde"))
     assert separated == (1.0, 1.0)
+
+
+def test_a_statistic_that_never_scores_a_draw_gives_no_interval_instead_of_no_end():
+    assert bootstrap_over_patients([0, 0, 1, 1], lambda drawn: float("nan"), rounds=10) is None
