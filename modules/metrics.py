@@ -53,13 +53,14 @@ def operating_point(
     }
 
 
+BOOTSTRAP_ROUNDS = 1000  # draws of patients behind every interval (report, validate, benchmark)
 MAX_DRAWS_PER_ROUND = 100  # redraws allowed per kept draw before giving up
 
 
 def bootstrap_over_patients(
     patient_labels: Sequence[int],
     statistic: Callable[[np.ndarray], float],
-    rounds: int = 1000,
+    rounds: int = BOOTSTRAP_ROUNDS,
     level: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float] | None:
@@ -95,7 +96,7 @@ def patient_bootstrap_interval(
     labels: Sequence[int],
     scores: Sequence[float],
     patients: Sequence[str],
-    rounds: int = 1000,
+    rounds: int = BOOTSTRAP_ROUNDS,
     level: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float] | None:

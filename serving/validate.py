@@ -45,7 +45,6 @@ from serving import images, predict, rest
 
 DEFAULT_THRESHOLD = 0.5  # a model without a stored threshold (older exports) is called at 0.5
 MAX_LISTED = 20  # patients called wrong named on the console (all of them in the JSON)
-ROUNDS = 1000  # patient bootstrap draws behind each AUC's 95% interval
 
 
 class NothingToScoreError(ValueError):
@@ -69,7 +68,7 @@ def _figures(
 ) -> dict[str, Any]:
     """AUC with its interval over patients, operating point and ECE; a figure the labels
     cannot give (one class; for the interval, fewer than two patients of a class) is None."""
-    interval = patient_bootstrap_interval(labels, probabilities, patient_ids, rounds=ROUNDS)
+    interval = patient_bootstrap_interval(labels, probabilities, patient_ids)
     values = {
         "auc": roc_auc(labels, probabilities),
         **operating_point(labels, probabilities, threshold),

@@ -69,7 +69,7 @@ def test_every_good_image_is_scored_and_the_figures_are_its_answers(report):
     assert images["sensitivity"] == pytest.approx(called[positives].mean())
     assert images["specificity"] == pytest.approx((~called[~positives]).mean())
     patients = [r["patient_id"] for r in scored]
-    interval = patient_bootstrap_interval(labels, probabilities, patients, rounds=validate.ROUNDS)
+    interval = patient_bootstrap_interval(labels, probabilities, patients)
     assert images["auc_interval"] == pytest.approx(list(interval))
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from components.eval_report.tfma_reader import EvalData, SliceKey
 from modules import features
-from modules.metrics import bootstrap_over_patients, roc_auc
+from modules.metrics import BOOTSTRAP_ROUNDS, bootstrap_over_patients, roc_auc
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -192,7 +192,9 @@ def _patient_slices(data: EvalData) -> list[tuple[str, dict[str, Any], int]]:
     ]
 
 
-def image_auc_interval(data: EvalData, rounds: int = 1000) -> tuple[float, float] | None:
+def image_auc_interval(
+    data: EvalData, rounds: int = BOOTSTRAP_ROUNDS
+) -> tuple[float, float] | None:
     """95% interval of the image-level AUC over draws of the evaluated patients; None when
     TFMA wrote no per-patient plots or a class has fewer than two patients."""
     slices = [
@@ -213,7 +215,7 @@ def image_auc_interval(data: EvalData, rounds: int = 1000) -> tuple[float, float
 
 
 def operating_point_intervals(
-    data: EvalData, threshold: float, rounds: int = 1000
+    data: EvalData, threshold: float, rounds: int = BOOTSTRAP_ROUNDS
 ) -> dict[str, tuple[float, float] | None]:
     """95% intervals of sensitivity and specificity at ``threshold`` over draws of the
     evaluated patients, from each patient slice's TFMA counts at that threshold; None where

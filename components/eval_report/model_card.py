@@ -82,23 +82,23 @@ def build(report: dict[str, Any]) -> dict[str, Any]:
     patients = report["patients"]["aggregate"]
     over_patients = report.get("auc_interval_over_patients")
     point = report.get("operating_point_intervals_over_patients") or {}
-
-    either = interval_over_patients
     metrics = [
         (
             "AUC (image)",
             auc,
-            *either(over_patients, auc_interval(auc, tp + fn, tn + fp), HANLEY_MCNEIL),
+            *interval_over_patients(
+                over_patients, auc_interval(auc, tp + fn, tn + fp), HANLEY_MCNEIL
+            ),
         ),
         (
             "sensitivity",
             op.get("sensitivity"),
-            *either(point.get("sensitivity"), wilson_interval(tp, tp + fn), WILSON),
+            *interval_over_patients(point.get("sensitivity"), wilson_interval(tp, tp + fn), WILSON),
         ),
         (
             "specificity",
             op.get("specificity"),
-            *either(point.get("specificity"), wilson_interval(tn, tn + fp), WILSON),
+            *interval_over_patients(point.get("specificity"), wilson_interval(tn, tn + fp), WILSON),
         ),
         (
             "AUC (patient)",
